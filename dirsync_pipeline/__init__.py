@@ -1,0 +1,1 @@
+"""dirsync: a Dagster-native Google Workspace directory sync."""

@@ -1,0 +1,184 @@
+"""The sync pipeline as Dagster assets: Google -> raw tables -> memberships -> entitlements -> publish.
+
+Each connection of the config is a partition. Every stage is staged in DuckDB and audited by blocking
+asset checks; ``published_directory`` makes all of a connection's tables visible in one transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import polars as pl
+
+from dirsync_pipeline.checks import publish_gate_failures
+from dirsync_pipeline.config import ConnectionConfig
+from dirsync_pipeline.google.client import DirectoryClient
+from dirsync_pipeline.resources import GoogleDirectoryResource, WarehouseResource
+from dirsync_pipeline.tables import (
+    FILTERED_MEMBERSHIPS,
+    GOOGLE_GROUP_MEMBERS,
+    GOOGLE_GROUPS,
+    GOOGLE_USERS,
+    ROLE_MAPPED_ENTITLEMENTS,
+    SYNC_TABLES,
+    Table,
+)
+from dirsync_pipeline.transforms import (
+    filtered_memberships as expand_memberships,
+    resolve_group_keys,
+    resolve_role_mapping,
+    role_mapped_entitlements as map_roles,
+)
+
+GROUP_NAME = "directory"
+OWNERS = ["team:platform"]
+PREVIEW_ROWS = 5
+
+
+def selected_group_ids(connection: ConnectionConfig, groups: pl.DataFrame) -> tuple[list[str], list[str]]:
+    """Ids of the connection's selected groups, and the configured keys that match no group."""
+    if connection.selected_groups == "all":
+        return groups["group_id"].to_list(), []
+    resolution = resolve_group_keys(groups, connection.selected_groups)
+    return resolution.group_ids, resolution.unknown_keys
+
+
+def table_output(table: Table, frame: pl.DataFrame, **metadata: object) -> dg.Output[pl.DataFrame]:
+    """The frame with the metadata an operator wants: row count, column schema, a preview."""
+    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
+                   fmt_str_lengths=40, tbl_cols=-1):
+        preview = str(frame.head(PREVIEW_ROWS))
+    return dg.Output(
+        frame,
+        metadata={
+            "dagster/row_count": frame.height,
+            "dagster/column_schema": table.dagster_column_schema(),
+            "dagster/table_name": f"staging.{table.schema}__{table.name}",
+            "preview": dg.MetadataValue.md(preview),
+            **metadata,
+        },
+    )
+
+
+def _with_sync_columns(frame: pl.DataFrame, connection_id: str, *, synced_at: bool = True) -> pl.DataFrame:
+    columns = [pl.lit(connection_id).alias("connection_id")]
+    if synced_at:
+        columns.append(pl.lit(datetime.now(UTC)).dt.cast_time_unit("us").alias("synced_at"))
+    return frame.with_columns(columns)
+
+
+def _api_metadata(client: DirectoryClient, started: float) -> dict[str, object]:
+    return {**client.stats.as_metadata(), "fetch_seconds": round(datetime.now(UTC).timestamp() - started, 3)}
+
+
+def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    """The pipeline's assets, partitioned by connection id."""
+    common = dict(partitions_def=partitions, group_name=GROUP_NAME, owners=OWNERS, io_manager_key="staging_io_manager")
+
+    @dg.asset(key=GOOGLE_USERS.asset_key, description=GOOGLE_USERS.description, kinds={"google", "polars", "duckdb"}, **common)
+    def google_users(context: dg.AssetExecutionContext, google: GoogleDirectoryResource) -> dg.Output[pl.DataFrame]:
+        connection = google.connection(context.partition_key)
+        started = datetime.now(UTC).timestamp()
+        with google.client(connection) as client:
+            users = client.fetch_users()
+        context.log.info(f"{connection.id}: {users.height} users listed")
+        return table_output(
+            GOOGLE_USERS, _with_sync_columns(users, connection.id), **_api_metadata(client, started),
+            suspended_users=users["suspended"].sum(), archived_users=users["archived"].sum(),
+        )
+
+    @dg.asset(key=GOOGLE_GROUPS.asset_key, description=GOOGLE_GROUPS.description, kinds={"google", "polars", "duckdb"}, **common)
+    def google_groups(context: dg.AssetExecutionContext, google: GoogleDirectoryResource) -> dg.Output[pl.DataFrame]:
+        connection = google.connection(context.partition_key)
+        started = datetime.now(UTC).timestamp()
+        with google.client(connection) as client:
+            groups = client.fetch_groups()
+        context.log.info(f"{connection.id}: {groups.height} groups listed")
+        return table_output(GOOGLE_GROUPS, _with_sync_columns(groups, connection.id), **_api_metadata(client, started))
+
+    @dg.asset(key=GOOGLE_GROUP_MEMBERS.asset_key, description=GOOGLE_GROUP_MEMBERS.description,
+              ins={"groups": dg.AssetIn(GOOGLE_GROUPS.asset_key)}, kinds={"google", "polars", "duckdb"}, **common)
+    def google_group_members(
+        context: dg.AssetExecutionContext, google: GoogleDirectoryResource, groups: pl.DataFrame
+    ) -> dg.Output[pl.DataFrame]:
+        connection = google.connection(context.partition_key)
+        selected, unknown = selected_group_ids(connection, groups)
+        if unknown:
+            context.log.warning(f"{connection.id}: selected groups not found in the directory: {unknown}")
+        started = datetime.now(UTC).timestamp()
+
+        def progress(done: int, total: int) -> None:
+            if done == total or done % 100 == 0:
+                context.log.info(f"members.list: {done}/{total} groups fetched")
+
+        with google.client(connection) as client:
+            fetched = client.fetch_members(selected, on_progress=progress)
+        if fetched.missing_group_ids:
+            context.log.warning(f"groups deleted during the sync, skipped: {fetched.missing_group_ids}")
+        return table_output(
+            GOOGLE_GROUP_MEMBERS, _with_sync_columns(fetched.edges, connection.id, synced_at=False),
+            **_api_metadata(client, started), selected_groups=len(selected), fetched_groups=len(fetched.fetched_group_ids),
+            unknown_selected_groups=", ".join(unknown) or "none",
+            groups_deleted_during_sync=", ".join(fetched.missing_group_ids) or "none",
+        )
+
+    @dg.asset(key=FILTERED_MEMBERSHIPS.asset_key, description=FILTERED_MEMBERSHIPS.description, kinds={"polars", "duckdb"},
+              ins={"users": dg.AssetIn(GOOGLE_USERS.asset_key), "groups": dg.AssetIn(GOOGLE_GROUPS.asset_key),
+                   "edges": dg.AssetIn(GOOGLE_GROUP_MEMBERS.asset_key)}, **common)
+    def filtered_memberships(
+        context: dg.AssetExecutionContext, google: GoogleDirectoryResource,
+        users: pl.DataFrame, groups: pl.DataFrame, edges: pl.DataFrame,
+    ) -> dg.Output[pl.DataFrame]:
+        connection = google.connection(context.partition_key)
+        selected, _unknown = selected_group_ids(connection, groups)
+        memberships, stats = expand_memberships(connection.id, users, groups, edges, selected)
+        return table_output(
+            FILTERED_MEMBERSHIPS, memberships,
+            members_outside_directory=stats.outside_members, selected_groups=stats.selected_groups,
+            groups_including_nested=stats.expanded_groups, distinct_users=memberships["user_id"].n_unique(),
+        )
+
+    @dg.asset(key=ROLE_MAPPED_ENTITLEMENTS.asset_key, description=ROLE_MAPPED_ENTITLEMENTS.description,
+              kinds={"polars", "duckdb"},
+              ins={"memberships": dg.AssetIn(FILTERED_MEMBERSHIPS.asset_key), "groups": dg.AssetIn(GOOGLE_GROUPS.asset_key)},
+              **common)
+    def role_mapped_entitlements(
+        context: dg.AssetExecutionContext, google: GoogleDirectoryResource, memberships: pl.DataFrame, groups: pl.DataFrame
+    ) -> dg.Output[pl.DataFrame]:
+        connection = google.connection(context.partition_key)
+        mapping, unknown = resolve_role_mapping(groups, connection.mapped_roles())
+        if unknown:
+            context.log.warning(f"role_mapping names groups not in the directory: {unknown}")
+        entitlements = map_roles(
+            memberships, mapping, default_role=connection.default_role,
+            role_assignment=connection.role_assignment, role_priority=connection.role_priority,
+        )
+        per_role = entitlements.group_by("role").len().sort("role")
+        return table_output(
+            ROLE_MAPPED_ENTITLEMENTS, entitlements,
+            users_with_roles=entitlements["user_id"].n_unique(),
+            **{f"role.{r}": n for r, n in per_role.iter_rows()},
+            unknown_mapped_groups=", ".join(unknown) or "none",
+        )
+
+    @dg.asset(
+        key="published_directory", partitions_def=partitions, group_name=GROUP_NAME, owners=OWNERS,
+        deps=[t.asset_key for t in SYNC_TABLES], kinds={"duckdb"},
+        description="Publishes the connection's audited stages to raw.* and core.* in one DuckDB transaction. "
+                    "Runs only when every blocking check passed, and re-validates everything staged first.",
+    )
+    def published_directory(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        connection_id = context.partition_key
+        problems = publish_gate_failures(warehouse.warehouse, connection_id)
+        if problems:
+            raise dg.Failure(
+                description="Publish refused: the staged sync does not pass validation; the published tables are "
+                            "unchanged. Re-run the whole `directory_sync` job for this connection.",
+                metadata={"problems": "\n".join(problems)},
+            )
+        counts = warehouse.warehouse.publish(connection_id, sync_id=context.run.run_id)
+        context.log.info(f"{connection_id}: published {counts}")
+        return dg.MaterializeResult(metadata={f"published.{name}": n for name, n in counts.items()} | {"sync_id": context.run.run_id})
+
+    return [google_users, google_groups, google_group_members, filtered_memberships, role_mapped_entitlements, published_directory]

@@ -1,0 +1,128 @@
+"""Validation of every stage: the table contract (pandera) and referential integrity.
+
+The same functions serve two purposes: Dagster asset checks that show each stage's result, with a
+sample of failing rows, in the UI; and the publish gate, which re-validates everything staged for a
+connection right before it becomes visible, so nothing unchecked is ever published.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dagster as dg
+import pandera.polars as pa
+import polars as pl
+
+from dirsync_pipeline.tables import (
+    FILTERED_MEMBERSHIPS,
+    GOOGLE_GROUP_MEMBERS,
+    GOOGLE_GROUPS,
+    GOOGLE_USERS,
+    ROLE_MAPPED_ENTITLEMENTS,
+    SYNC_TABLES,
+    Table,
+)
+from dirsync_pipeline.warehouse import Warehouse
+
+SAMPLE_ROWS = 10
+
+
+@dataclass(frozen=True)
+class Reference:
+    """``child.columns`` must each match a row of ``parent`` (a foreign key)."""
+
+    name: str
+    child: Table
+    parent: Table
+    columns: tuple[str, ...]
+    parent_columns: tuple[str, ...]
+    description: str
+
+
+REFERENCES = (
+    Reference("members_of_known_groups", GOOGLE_GROUP_MEMBERS, GOOGLE_GROUPS, ("group_id",), ("group_id",),
+              "Every membership edge belongs to a group listed by groups.list."),
+    Reference("memberships_of_known_users", FILTERED_MEMBERSHIPS, GOOGLE_USERS, ("user_id",), ("user_id",),
+              "Every filtered membership's user is a directory user."),
+    Reference("memberships_of_known_groups", FILTERED_MEMBERSHIPS, GOOGLE_GROUPS, ("group_id",), ("group_id",),
+              "Every filtered membership's group exists."),
+    Reference("entitlements_of_active_members", ROLE_MAPPED_ENTITLEMENTS, FILTERED_MEMBERSHIPS,
+              ("user_id",), ("user_id",), "Every entitlement's user is a member of a selected group."),
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    passed: bool
+    failures: int
+    sample: pl.DataFrame | None = None
+
+    def check_result(self, **metadata: object) -> dg.AssetCheckResult:
+        shown = {"failures": self.failures, **metadata}
+        if self.sample is not None and self.sample.height:
+            with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
+                           fmt_str_lengths=60, tbl_cols=-1):
+                shown["failing_rows_sample"] = dg.MetadataValue.md(str(self.sample.head(SAMPLE_ROWS)))
+        return dg.AssetCheckResult(passed=self.passed, metadata=shown)
+
+
+def validate_contract(table: Table, frame: pl.DataFrame) -> Outcome:
+    try:
+        table.pandera_schema().validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+        return Outcome(False, cases.height, cases.select("column", "check", "failure_case", "index"))
+    return Outcome(True, 0)
+
+
+def validate_reference(reference: Reference, child: pl.DataFrame, parent: pl.DataFrame) -> Outcome:
+    orphans = child.join(
+        parent.select(pl.col(p).alias(c) for p, c in zip(reference.parent_columns, reference.columns, strict=True)).unique(),
+        on=list(reference.columns), how="anti",
+    )
+    return Outcome(orphans.is_empty(), orphans.height, orphans)
+
+
+def publish_gate_failures(warehouse: Warehouse, connection_id: str) -> list[str]:
+    """Every contract or reference violation among the connection's staged tables (empty = publishable)."""
+    staged = {t: warehouse.read_staged(t, connection_id) for t in SYNC_TABLES}
+    problems = [f"{t.qualified_name}: {o.failures} contract violation(s)"
+                for t in SYNC_TABLES if not (o := validate_contract(t, staged[t])).passed]
+    problems += [f"{r.name}: {o.failures} orphan row(s)"
+                 for r in REFERENCES if not (o := validate_reference(r, staged[r.child], staged[r.parent])).passed]
+    return problems
+
+
+def _partition(context: dg.AssetCheckExecutionContext) -> str:
+    return context.run.tags["dagster/partition"]
+
+
+def contract_check(table: Table) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=table.asset_key, name="matches_contract", blocking=True, required_resource_keys={"warehouse"},
+        description=f"pandera: {table.qualified_name} has the documented columns, types, constraints and a unique key "
+                    f"({', '.join(table.key)}).",
+    )
+    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        frame = context.resources.warehouse.warehouse.read_staged(table, _partition(context))
+        return validate_contract(table, frame).check_result(rows=frame.height)
+
+    return _check
+
+
+def reference_check(reference: Reference) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=reference.child.asset_key, name=reference.name, blocking=True, required_resource_keys={"warehouse"},
+        additional_deps=[reference.parent.asset_key], description=reference.description,
+    )
+    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        warehouse = context.resources.warehouse.warehouse
+        partition = _partition(context)
+        child = warehouse.read_staged(reference.child, partition)
+        parent = warehouse.read_staged(reference.parent, partition)
+        return validate_reference(reference, child, parent).check_result()
+
+    return _check
+
+
+ASSET_CHECKS = [contract_check(t) for t in SYNC_TABLES] + [reference_check(r) for r in REFERENCES]

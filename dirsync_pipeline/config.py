@@ -1,0 +1,238 @@
+"""The dirsync config file: typed, validated at load time, with errors that name the key and the fix.
+
+A config names the DuckDB warehouse and one or more Google Workspace *connections*. With no config at
+all dirsync runs on the embedded default: one ``demo`` connection served by the built-in emulator.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_ENV_VAR = "DIRSYNC_CONFIG"
+CONNECTION_ID_PATTERN = r"^[a-z0-9_-]+$"
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message lists every problem with its key path."""
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WarehouseConfig(_Strict):
+    duckdb_path: Path = Path("data/dirsync.duckdb")
+
+
+class CredentialsConfig(_Strict):
+    type: Literal["service_account", "authorized_user", "adc", "none"] = "none"
+    file: Path | None = None
+    subject: str | None = None
+
+    @field_validator("subject")
+    @classmethod
+    def _subject_is_an_email(cls, subject: str | None) -> str | None:
+        if subject is not None and not _EMAIL.match(subject):
+            raise ValueError("must be the email address of the admin to impersonate, e.g. admin@example.com")
+        return subject
+
+    @model_validator(mode="after")
+    def _file_matches_type(self) -> CredentialsConfig:
+        needs_file = self.type in ("service_account", "authorized_user")
+        if needs_file and self.file is None:
+            raise ValueError(f"credentials.type {self.type} needs `file:` (path of the {self.type} JSON key)")
+        if not needs_file and self.file is not None:
+            raise ValueError(f"credentials.type {self.type} takes no `file:`; remove it or change the type")
+        if self.file is not None and not self.file.is_file():
+            raise ValueError(f"credentials file {self.file} does not exist or is not a file; fix the path")
+        if self.type == "authorized_user" and self.subject is not None:
+            raise ValueError("`subject` is only for service accounts (domain-wide delegation); remove it")
+        return self
+
+
+class EmulatorConfig(_Strict):
+    """Serve this connection from dirsync's built-in Directory API emulator (the demo directory)."""
+
+    users: int = Field(2000, ge=1, le=1_000_000)
+    groups: int = Field(150, ge=1, le=100_000)
+    seed: int = 42
+    domain: str = "demo.example.com"
+
+
+class ConnectionConfig(_Strict):
+    id: str = Field(pattern=CONNECTION_ID_PATTERN, max_length=64)
+    customer: str = "my_customer"
+    api_endpoint: str | None = None
+    emulator: EmulatorConfig | None = None
+    credentials: CredentialsConfig = CredentialsConfig()
+    selected_groups: list[str] | Literal["all"]
+    role_mapping: dict[str, str | list[str]] = {}
+    default_role: str | None = None
+    role_assignment: Literal["all", "highest_priority"] = "all"
+    role_priority: list[str] | None = None
+    max_concurrency: int = Field(8, ge=1, le=64)
+
+    @field_validator("api_endpoint")
+    @classmethod
+    def _endpoint_is_http(cls, endpoint: str | None) -> str | None:
+        if endpoint is not None and not re.match(r"^https?://[^/\s]+", endpoint):
+            raise ValueError("must be an http(s) URL such as https://admin.googleapis.com/")
+        return endpoint
+
+    @field_validator("selected_groups")
+    @classmethod
+    def _groups_not_empty(cls, groups: list[str] | str) -> list[str] | str:
+        if isinstance(groups, list) and not groups:
+            raise ValueError("select at least one group (email or id), or write `all`")
+        return groups
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ConnectionConfig:
+        if self.emulator is not None and self.api_endpoint is not None:
+            raise ValueError("`emulator` and `api_endpoint` exclude each other; keep one")
+        talks_to_google = self.emulator is None and self.api_endpoint is None
+        if talks_to_google and self.credentials.type == "none":
+            raise ValueError(
+                "credentials.type none only works against an emulator; set credentials "
+                "(service_account with subject, authorized_user or adc) to reach Google"
+            )
+        if self.role_assignment == "highest_priority":
+            if not self.role_priority:
+                raise ValueError("role_assignment highest_priority needs `role_priority: [highest, ..., lowest]`")
+            missing = sorted(self.roles_used() - set(self.role_priority))
+            if missing:
+                raise ValueError(f"role_priority lacks role(s) {missing}; add them in priority order")
+        return self
+
+    def roles_used(self) -> set[str]:
+        roles = {role for value in self.role_mapping.values() for role in _as_list(value)}
+        return roles | ({self.default_role} if self.default_role else set())
+
+    def mapped_roles(self) -> dict[str, list[str]]:
+        """Role mapping with every value as a list, keys lower-cased so emails match case-insensitively."""
+        return {key.lower(): _as_list(value) for key, value in self.role_mapping.items()}
+
+
+class DirsyncConfig(_Strict):
+    warehouse: WarehouseConfig = WarehouseConfig()
+    connections: list[ConnectionConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> DirsyncConfig:
+        ids = [c.id for c in self.connections]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"connection ids must be unique; {duplicates} repeat")
+        return self
+
+    def connection(self, connection_id: str) -> ConnectionConfig:
+        for connection in self.connections:
+            if connection.id == connection_id:
+                return connection
+        raise ConfigError(f"no connection {connection_id!r} in the config; known: {[c.id for c in self.connections]}")
+
+    @property
+    def connection_ids(self) -> list[str]:
+        return [c.id for c in self.connections]
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+DEMO_DOMAIN = "demo.example.com"
+
+EMBEDDED_DEFAULT: dict = {
+    "warehouse": {"duckdb_path": "data/dirsync.duckdb"},
+    "connections": [
+        {
+            "id": "demo",
+            "customer": "my_customer",
+            "emulator": {"users": 2000, "groups": 150, "seed": 42, "domain": DEMO_DOMAIN},
+            "credentials": {"type": "none"},
+            "selected_groups": [f"{g}@{DEMO_DOMAIN}" for g in ("all-staff", "admins", "engineering", "sales", "support")],
+            "role_mapping": {
+                f"admins@{DEMO_DOMAIN}": ["admin", "developer"],
+                f"engineering@{DEMO_DOMAIN}": "developer",
+                f"sales@{DEMO_DOMAIN}": "sales",
+                f"support@{DEMO_DOMAIN}": "support",
+            },
+            "default_role": "member",
+            "role_assignment": "all",
+        }
+    ],
+}
+
+
+def load_config(path: str | Path | None = None) -> DirsyncConfig:
+    """Load ``path``, else ``$DIRSYNC_CONFIG``, else the embedded default.
+
+    Relative paths inside a config file (duckdb_path, credentials.file) are taken relative to the
+    file's own folder, so a config works from any working directory.
+    """
+    path = path or os.environ.get(CONFIG_ENV_VAR)
+    if not path:
+        return parse_config(EMBEDDED_DEFAULT, source="the embedded default config")
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise ConfigError(f"config file {config_path} not found; pass --config PATH or set {CONFIG_ENV_VAR}")
+    try:
+        raw = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{config_path}: not valid YAML{where}; fix the syntax") from None
+    return parse_config(_resolve_relative_paths(raw, config_path.parent), source=str(config_path))
+
+
+def parse_config(raw: object, *, source: str) -> DirsyncConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with `warehouse:` and `connections:` keys")
+    try:
+        return DirsyncConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n".join(f"  - {_key_path(err['loc'])}: {_describe(err)}" for err in exc.errors())
+        raise ConfigError(f"{source} is not a valid dirsync config:\n{problems}") from None
+
+
+def _key_path(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part not in ("function-after", "literal['all']", "list[str]", "str", "list[str]"):
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def _describe(err: dict) -> str:
+    """Pydantic's message without the offending value, so no secret ever reaches an error."""
+    if err["type"] == "extra_forbidden":
+        return "unknown key; check its spelling against the config reference in README.md"
+    if err["type"] == "missing":
+        return "required key is missing"
+    if err["type"] == "string_pattern_mismatch":
+        return "use only lower-case letters, digits, `_` and `-` (it becomes a partition key and a column value)"
+    return err["msg"].removeprefix("Value error, ")
+
+
+def _resolve_relative_paths(raw: object, base: Path) -> object:
+    if not isinstance(raw, dict):
+        return raw
+    warehouse = raw.get("warehouse")
+    if isinstance(warehouse, dict) and isinstance(warehouse.get("duckdb_path"), str):
+        warehouse["duckdb_path"] = str(base / warehouse["duckdb_path"])
+    for connection in raw.get("connections") or []:
+        credentials = connection.get("credentials") if isinstance(connection, dict) else None
+        if isinstance(credentials, dict) and isinstance(credentials.get("file"), str):
+            credentials["file"] = str(base / credentials["file"])
+    return raw

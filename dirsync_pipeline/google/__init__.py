@@ -1,0 +1,1 @@
+"""Google access: credentials, the Directory API client (paging, concurrency), retries and errors."""

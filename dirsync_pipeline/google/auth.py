@@ -1,0 +1,72 @@
+"""Credentials for the four ways a connection authenticates, always with read-only scopes."""
+
+from __future__ import annotations
+
+import logging
+import stat
+from pathlib import Path
+
+import google.auth
+from google.auth.credentials import AnonymousCredentials, Credentials
+from google.auth.exceptions import DefaultCredentialsError
+from google.oauth2 import credentials as user_credentials
+from google.oauth2 import service_account
+
+from dirsync_pipeline.config import CredentialsConfig
+from dirsync_pipeline.google.errors import AuthorizationError
+
+READONLY_SCOPES = (
+    "https://www.googleapis.com/auth/admin.directory.user.readonly",
+    "https://www.googleapis.com/auth/admin.directory.group.readonly",
+)
+
+log = logging.getLogger(__name__)
+
+
+def build_credentials(config: CredentialsConfig) -> Credentials:
+    """Credentials for ``config``; raises AuthorizationError naming the file and the fix, never its content."""
+    if config.type == "none":
+        return AnonymousCredentials()
+    if config.type == "adc":
+        return _application_default(config.subject)
+    assert config.file is not None  # guaranteed by CredentialsConfig
+    warn_if_readable_by_others(config.file)
+    try:
+        if config.type == "service_account":
+            return service_account.Credentials.from_service_account_file(
+                str(config.file), scopes=list(READONLY_SCOPES), subject=config.subject
+            )
+        return user_credentials.Credentials.from_authorized_user_file(str(config.file), scopes=list(READONLY_SCOPES))
+    except (ValueError, KeyError, OSError) as exc:
+        kind = "service account key" if config.type == "service_account" else "authorized-user token"
+        raise AuthorizationError(
+            f"{config.file} is not a usable {kind} JSON file ({type(exc).__name__}); download a fresh one "
+            f"and point credentials.file at it"
+        ) from None
+
+
+def _application_default(subject: str | None) -> Credentials:
+    try:
+        credentials, _project = google.auth.default(scopes=list(READONLY_SCOPES))
+    except DefaultCredentialsError:
+        raise AuthorizationError(
+            "credentials.type adc, but no Application Default Credentials were found; set "
+            "GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth application-default login`"
+        ) from None
+    if subject:
+        if not hasattr(credentials, "with_subject"):
+            raise AuthorizationError(
+                f"credentials.type adc with a subject needs service-account ADC; {type(credentials).__name__} "
+                "cannot impersonate an admin"
+            )
+        credentials = credentials.with_subject(subject)
+    return credentials
+
+
+def warn_if_readable_by_others(path: Path) -> bool:
+    """Key files hold secrets: warn (do not fail) when group or others may read them."""
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("credentials file %s is readable by other users (mode %o); run: chmod 600 %s", path, mode & 0o777, path)
+        return True
+    return False

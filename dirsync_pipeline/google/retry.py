@@ -1,0 +1,169 @@
+"""One retry policy and one rate limiter for every Directory API call.
+
+The client library's own ``num_retries`` misses 403 ``quotaExceeded`` and ignores ``Retry-After``, so
+dirsync retries itself: exponential backoff with full jitter, capped, bounded in attempts and in total
+time. The limiter is a token bucket shared by all workers of a sync, and it backs off as a whole when
+Google says "slow down", because Google's rate limits are per account, not per thread.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import httplib2
+from googleapiclient.errors import HttpError
+
+from dirsync_pipeline.google.errors import RetriesExhaustedError, api_error_info
+
+T = TypeVar("T")
+
+RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"})
+TRANSIENT_NETWORK_ERRORS = (ConnectionError, TimeoutError, socket.timeout, httplib2.ServerNotFoundError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    base_delay: float = 0.5
+    max_delay: float = 32.0
+    total_budget: float = 900.0
+
+    def backoff(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Full jitter (uniform up to the capped exponential), never shorter than ``Retry-After``."""
+        jittered = rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+        return max(jittered, retry_after or 0.0)
+
+
+@dataclass
+class ApiStats:
+    """What a sync did on the wire; shown as run metadata and checked by the benchmark."""
+
+    requests: Counter = field(default_factory=Counter)
+    retries: Counter = field(default_factory=Counter)
+    rate_limit_wait_seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_request(self, endpoint: str) -> None:
+        with self._lock:
+            self.requests[endpoint] += 1
+
+    def count_retry(self, cause: str) -> None:
+        with self._lock:
+            self.retries[cause] += 1
+
+    def add_wait(self, seconds: float) -> None:
+        with self._lock:
+            self.rate_limit_wait_seconds += seconds
+
+    def as_metadata(self) -> dict[str, float | int]:
+        return {
+            "api_requests": sum(self.requests.values()),
+            **{f"api_requests.{k}": v for k, v in sorted(self.requests.items())},
+            "api_retries": sum(self.retries.values()),
+            **{f"api_retries.{k}": v for k, v in sorted(self.retries.items())},
+            "rate_limit_wait_seconds": round(self.rate_limit_wait_seconds, 3),
+        }
+
+
+class RateLimiter:
+    """Thread-safe token bucket; ``throttled()`` halves the rate, each success wins a little back."""
+
+    def __init__(self, qps: float | None, *, floor_qps: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.max_qps = qps
+        self.qps = qps
+        self.floor_qps = min(floor_qps, qps) if qps else floor_qps
+        self._clock = clock
+        self._next_slot = clock()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Wait for the next slot; returns the seconds waited."""
+        if not self.qps:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + 1.0 / self.qps
+        wait = slot - now
+        if wait > 0:
+            time.sleep(wait)
+        return wait
+
+    def throttled(self) -> None:
+        if self.qps:
+            with self._lock:
+                self.qps = max(self.floor_qps, self.qps / 2)
+
+    def succeeded(self) -> None:
+        if self.qps and self.max_qps and self.qps < self.max_qps:
+            with self._lock:
+                self.qps = min(self.max_qps, self.qps + self.max_qps / 50)
+
+
+def retry_cause(exc: BaseException) -> str | None:
+    """Why ``exc`` deserves a retry (a short label for stats), or None when it must fail at once."""
+    if isinstance(exc, HttpError):
+        info = api_error_info(exc)
+        if info.status >= 500:
+            return str(info.status)
+        if info.status == 429 or (info.status == 403 and info.reason in RATE_LIMIT_REASONS):
+            return "rate_limited"
+        return None
+    if isinstance(exc, TRANSIENT_NETWORK_ERRORS):
+        return "network"
+    return None
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    if isinstance(exc, HttpError):
+        value = exc.resp.get("retry-after")
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+    return None
+
+
+def call_with_retry(
+    call: Callable[[], T],
+    *,
+    endpoint: str,
+    policy: RetryPolicy,
+    limiter: RateLimiter,
+    stats: ApiStats,
+    rng: random.Random | None = None,
+) -> T:
+    """Run ``call`` under the policy; non-retryable errors propagate unchanged for the caller to explain."""
+    rng = rng or random.Random()
+    started = time.monotonic()
+    for attempt in range(policy.max_attempts):
+        stats.add_wait(limiter.acquire())
+        stats.count_request(endpoint)
+        try:
+            result = call()
+        except Exception as exc:
+            cause = retry_cause(exc)
+            if cause is None:
+                raise
+            if cause == "rate_limited":
+                limiter.throttled()
+            delay = policy.backoff(attempt, _retry_after(exc), rng)
+            out_of_attempts = attempt + 1 >= policy.max_attempts
+            if out_of_attempts or time.monotonic() - started + delay > policy.total_budget:
+                raise RetriesExhaustedError(
+                    f"{endpoint}: still failing after {attempt + 1} attempts over {time.monotonic() - started:.0f}s "
+                    f"(last: {cause}); Google may be degraded. Nothing was published; the next sync retries."
+                ) from None
+            stats.count_retry(cause)
+            time.sleep(delay)
+            continue
+        limiter.succeeded()
+        return result
+    raise AssertionError("unreachable: the loop returns or raises")

@@ -1,0 +1,38 @@
+"""Sync Now (a job) and the hourly sync (a schedule over every connection)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from dirsync_pipeline.assets import GROUP_NAME
+
+TRIGGER_TAG = "dirsync/trigger"
+WAREHOUSE_TAG = "dirsync/warehouse"  # dagster.yaml allows one queued run at a time per value
+HOURLY_CRON = "0 * * * *"
+
+
+def build_sync_job(duckdb_path: str) -> dg.UnresolvedAssetJobDefinition:
+    """``directory_sync``: the whole graph for one connection; launching it from the UI is Sync Now."""
+    return dg.define_asset_job(
+        "directory_sync",
+        selection=dg.AssetSelection.groups(GROUP_NAME),
+        executor_def=dg.in_process_executor,  # one process: no per-step Python start, one DuckDB writer
+        tags={TRIGGER_TAG: "manual", WAREHOUSE_TAG: duckdb_path},
+        description="Sync one Google Workspace connection end to end (Sync Now). Pick the connection as the partition.",
+    )
+
+
+def build_hourly_schedule(job: dg.UnresolvedAssetJobDefinition, connection_ids: list[str]) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name="hourly_directory_sync", job=job, cron_schedule=HOURLY_CRON, execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Every hour, sync every connection of the config (one run each).",
+    )
+    def hourly_directory_sync(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+        tick = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
+        return [
+            dg.RunRequest(run_key=f"{connection_id}-{tick}", partition_key=connection_id, tags={TRIGGER_TAG: "schedule"})
+            for connection_id in connection_ids
+        ]
+
+    return hourly_directory_sync

@@ -1,0 +1,87 @@
+"""Dagster resources: where the directory comes from, and where the tables go."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+import polars as pl
+from pydantic import PrivateAttr
+
+from dirsync_pipeline.config import ConnectionConfig, load_config
+from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory
+from dirsync_pipeline.google.auth import build_credentials
+from dirsync_pipeline.google.client import DirectoryClient
+from dirsync_pipeline.tables import TABLES_BY_ASSET_KEY
+from dirsync_pipeline.warehouse import Warehouse
+
+
+class GoogleDirectoryResource(dg.ConfigurableResource):
+    """Opens Directory API clients for the connections of a dirsync config file.
+
+    A connection with an ``emulator:`` block is served by dirsync's built-in Directory API emulator,
+    started on a free local port for the duration of the run; the client code is the same either way.
+    """
+
+    config_path: str | None = None  # None: $DIRSYNC_CONFIG, else the embedded demo default
+
+    _emulators: dict[str, DirectoryEmulator] = PrivateAttr(default_factory=dict)
+
+    def connection(self, connection_id: str) -> ConnectionConfig:
+        return load_config(self.config_path).connection(connection_id)
+
+    @contextmanager
+    def client(self, connection: ConnectionConfig) -> Iterator[DirectoryClient]:
+        yield DirectoryClient(
+            build_credentials(connection.credentials),
+            customer=connection.customer,
+            api_endpoint=self._endpoint(connection),
+            subject=connection.credentials.subject,
+            max_concurrency=connection.max_concurrency,
+        )
+
+    def _endpoint(self, connection: ConnectionConfig) -> str | None:
+        if connection.emulator is None:
+            return connection.api_endpoint
+        if connection.id not in self._emulators:
+            settings = connection.emulator
+            directory = generate_directory(settings.users, settings.groups, seed=settings.seed, domain=settings.domain)
+            self._emulators[connection.id] = DirectoryEmulator(directory).start()
+        return self._emulators[connection.id].url
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the embedded emulators this resource started."""
+        for emulator in self._emulators.values():
+            emulator.stop()
+        self._emulators.clear()
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB file that holds staged and published tables."""
+
+    duckdb_path: str
+
+    @property
+    def warehouse(self) -> Warehouse:
+        return Warehouse(self.duckdb_path)
+
+
+class StagingIOManager(dg.ConfigurableIOManager):
+    """Stores each stage's frame in the DuckDB staging schema, one connection (partition) at a time.
+
+    Published tables are written only by the ``published_directory`` asset, after every check passed.
+    """
+
+    duckdb_path: str
+
+    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
+        table = TABLES_BY_ASSET_KEY[context.asset_key]
+        Warehouse(self.duckdb_path).stage(table, context.partition_key, obj)
+
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame:
+        table = TABLES_BY_ASSET_KEY[context.asset_key]
+        return Warehouse(self.duckdb_path).read_staged(table, context.asset_partition_key)

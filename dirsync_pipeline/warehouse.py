@@ -1,0 +1,112 @@
+"""DuckDB warehouse with write-audit-publish: stages are written aside, published in one transaction.
+
+Each pipeline stage writes its rows for one connection into ``staging.<schema>__<table>``. Consumers
+read ``raw.*`` and ``core.*``, which change only when ``publish`` copies every staged table of a
+connection in a single transaction, after all checks passed. A failed check, an exception or a killed
+process therefore leaves the published tables exactly as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from dirsync_pipeline.tables import SYNC_LOG, SYNC_TABLES, Table
+
+STAGING_SCHEMA = "staging"
+
+
+def staging_name(table: Table) -> str:
+    return f"{STAGING_SCHEMA}.{table.schema}__{table.name}"
+
+
+class Warehouse:
+    def __init__(self, duckdb_path: str | Path):
+        self.path = Path(duckdb_path)
+
+    @contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection: DuckDB allows one writer process, so never hold the file longer."""
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = duckdb.connect(str(self.path), read_only=read_only)
+        try:
+            conn.execute("SET TimeZone = 'UTC'")
+            if not read_only:
+                self._ensure_tables(conn)
+            yield conn
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
+        for schema in ("raw", "core", STAGING_SCHEMA):
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        for table in SYNC_TABLES:
+            conn.execute(table.ddl())
+            conn.execute(table.ddl(staging_name(table)))
+        conn.execute(SYNC_LOG.ddl())
+
+    def stage(self, table: Table, connection_id: str, frame: pl.DataFrame) -> None:
+        """Replace the connection's staged rows of ``table`` (atomically; other connections untouched)."""
+        with self.connect() as conn:
+            _replace_rows(conn, staging_name(table), connection_id, frame.select(table.column_names))
+
+    def read_staged(self, table: Table, connection_id: str) -> pl.DataFrame:
+        return self._read(staging_name(table), table, connection_id)
+
+    def read_published(self, table: Table, connection_id: str | None = None) -> pl.DataFrame:
+        return self._read(table.qualified_name, table, connection_id)
+
+    def _read(self, qualified_name: str, table: Table, connection_id: str | None) -> pl.DataFrame:
+        with self.connect() as conn:
+            where, params = ("WHERE connection_id = ?", [connection_id]) if connection_id else ("", [])
+            frame = conn.sql(f"SELECT {', '.join(table.column_names)} FROM {qualified_name} {where}", params=params).pl()
+        return frame.with_columns(pl.col(c.name).cast(c.dtype) for c in table.columns)
+
+    def publish(self, connection_id: str, sync_id: str, tables: tuple[Table, ...] = SYNC_TABLES) -> dict[str, int]:
+        """Copy every staged table of the connection to its published table in ONE transaction."""
+        counts: dict[str, int] = {}
+        with self.connect() as conn:
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                for table in tables:
+                    conn.execute(f"DELETE FROM {table.qualified_name} WHERE connection_id = ?", [connection_id])
+                    conn.execute(
+                        f"INSERT INTO {table.qualified_name} BY NAME "
+                        f"SELECT * FROM {staging_name(table)} WHERE connection_id = ?",
+                        [connection_id],
+                    )
+                    counts[table.name] = _count(conn, table.qualified_name, connection_id)
+                conn.execute(
+                    f"INSERT INTO {SYNC_LOG.qualified_name} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [connection_id, sync_id, datetime.now(UTC), *(counts[t.name] for t in SYNC_TABLES)],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return counts
+
+
+def _replace_rows(conn: duckdb.DuckDBPyConnection, qualified_name: str, connection_id: str, frame: pl.DataFrame) -> None:
+    conn.register("incoming_rows", frame)
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(f"DELETE FROM {qualified_name} WHERE connection_id = ?", [connection_id])
+        conn.execute(f"INSERT INTO {qualified_name} BY NAME SELECT * FROM incoming_rows")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.unregister("incoming_rows")
+
+
+def _count(conn: duckdb.DuckDBPyConnection, qualified_name: str, connection_id: str) -> int:
+    return conn.execute(f"SELECT count(*) FROM {qualified_name} WHERE connection_id = ?", [connection_id]).fetchall()[0][0]
