@@ -4,7 +4,6 @@ Each connection of the config is a partition. Every stage is staged in DuckDB an
 asset checks; ``published_directory`` makes all of a connection's tables visible in one transaction.
 """
 
-from __future__ import annotations
 
 from datetime import UTC, datetime
 

@@ -5,7 +5,6 @@ sample of failing rows, in the UI; and the publish gate, which re-validates ever
 connection right before it becomes visible, so nothing unchecked is ever published.
 """
 
-from __future__ import annotations
 
 from dataclasses import dataclass
 

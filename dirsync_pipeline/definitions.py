@@ -1,6 +1,5 @@
 """The code location: every Dagster definition of dirsync, assembled in one place."""
 
-from __future__ import annotations
 
 import os
 from pathlib import Path

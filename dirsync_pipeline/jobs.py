@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 import dagster as dg
 
 from dirsync_pipeline.assets import GROUP_NAME

@@ -1,6 +1,5 @@
 """Dagster resources: where the directory comes from, and where the tables go."""
 
-from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager

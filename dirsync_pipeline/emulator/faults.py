@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 
 from .wire import ApiError
 
-API_ENDPOINTS = ("users.list", "users.get", "groups.list", "groups.get", "members.list")
-
 # What a random failure looks like: mostly the classic 503, sometimes a 500 or a 502.
 _RANDOM_FAILURES = ((503, "backendError"), (500, "backendError"), (502, "badGateway"))
 _RANDOM_WEIGHTS = (6, 2, 2)

@@ -7,6 +7,7 @@ groups are fetched concurrently; httplib2 is not thread-safe, so each worker thr
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -15,12 +16,13 @@ from dataclasses import dataclass, field
 import google_auth_httplib2
 import httplib2
 import polars as pl
-from google.auth.credentials import Credentials
+from google.auth.credentials import AnonymousCredentials, Credentials
 from google.auth.exceptions import RefreshError
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 
 from dirsync_pipeline.google.errors import (
+    AuthorizationError,
     GroupNotFoundError,
     MalformedResponseError,
     explain_http_error,
@@ -151,7 +153,10 @@ class DirectoryClient:
         while request is not None:
             response = self._execute(request, endpoint, group=group)
             if not isinstance(response, dict):
-                raise MalformedResponseError(f"{endpoint}: answer is {type(response).__name__}, not a JSON object")
+                raise MalformedResponseError(
+                    f"{endpoint}: the answer is not a JSON object (got {type(response).__name__}: an HTML page from a "
+                    "proxy, or truncated JSON?); check proxies between dirsync and Google"
+                )
             items = response.get(items_key, [])  # Google omits the key on an empty page
             if not isinstance(items, list):
                 raise MalformedResponseError(f"{endpoint}: `{items_key}` is {type(items).__name__}, not a list")
@@ -177,8 +182,15 @@ class DirectoryClient:
             raise explain_refresh_error(exc, subject=self._subject) from None
         except HttpError as exc:
             raise explain_http_error(exc, request=what, subject=self._subject) from None
-        except ValueError:  # the client's JSON model could not decode a 200 answer
-            raise MalformedResponseError(f"{what}: the answer was not valid JSON (truncated or an HTML page)") from None
+        except json.JSONDecodeError:  # the client's JSON model could not decode a 200 answer
+            raise MalformedResponseError(f"{what}: the answer is not a JSON object (truncated JSON or an HTML page)") from None
+        except ValueError:
+            if isinstance(self._credentials, AnonymousCredentials):  # 401, and anonymous credentials cannot refresh
+                raise AuthorizationError(
+                    f"{what}: the server answered 401 and credentials.type is none; configure credentials "
+                    "(service_account, authorized_user or adc) for this endpoint"
+                ) from None
+            raise
 
     def _http(self) -> google_auth_httplib2.AuthorizedHttp:
         """One authorized Http per thread: httplib2 connections must not be shared across threads."""

@@ -1,0 +1,139 @@
+"""Real Dagster runs of the whole graph: emulator over HTTP -> staged, checked, published DuckDB tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from dirsync_pipeline.assets import build_sync_assets
+from dirsync_pipeline.checks import ASSET_CHECKS
+from dirsync_pipeline.definitions import build_definitions
+from dirsync_pipeline.emulator import DirectoryEmulator, Member, generate_directory
+from dirsync_pipeline.tables import SYNC_TABLES
+from tests.conftest import write_config
+from tests.oracle import expected_entitlements, expected_memberships
+
+SELECTED = ["all-staff@acme.test", "engineering@acme.test", "admins@acme.test", "everyone-nested@acme.test"]
+MAPPING = {"engineering@acme.test": ["developer"], "admins@acme.test": ["admin", "developer"]}
+
+
+def connection(emulator: DirectoryEmulator, connection_id: str = "acme", **overrides) -> dict:
+    return {"id": connection_id, "api_endpoint": emulator.url, "credentials": {"type": "none"},
+            "selected_groups": SELECTED, "role_mapping": MAPPING, "max_concurrency": 4, **overrides}
+
+
+def run_sync(config_path: Path, connection_id: str = "acme") -> dg.ExecuteInProcessResult:
+    job = build_definitions(str(config_path)).resolve_job_def("directory_sync")
+    return job.execute_in_process(partition_key=connection_id, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+
+
+def published(db: Path, table: str, connection_id: str | None = None) -> list[tuple]:
+    where = f"WHERE connection_id = '{connection_id}'" if connection_id else ""
+    with duckdb.connect(str(db), read_only=True) as conn:
+        return sorted(conn.execute(f"SELECT * FROM {table} {where}").fetchall(), key=repr)
+
+
+def snapshot(db: Path) -> dict[str, list[tuple]]:
+    return {t.qualified_name: published(db, t.qualified_name) for t in SYNC_TABLES}
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_sync_publishes_exactly_what_the_semantics_define(tmp_path, seed):
+    directory = generate_directory(users=500, groups=30, seed=seed, domain="acme.test")
+    with DirectoryEmulator(directory) as emulator:
+        config = write_config(tmp_path, [connection(emulator, default_role="member")])
+        result = run_sync(config)
+    assert result.success
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == 9 and all(e.passed for e in evaluations)
+
+    db = tmp_path / "dirsync.duckdb"
+    memberships = {(u, g, d, a) for _c, u, _e, g, _ge, d, a in published(db, "core.filtered_memberships")}
+    assert memberships == expected_memberships(directory, SELECTED)
+    entitlements = {(u, r, tuple(via)) for _c, u, _e, r, via in published(db, "core.role_mapped_entitlements")}
+    assert entitlements == expected_entitlements(directory, SELECTED, MAPPING, default_role="member")
+    users = published(db, "raw.google_users")
+    assert len(users) == sum(not u.deleted for u in directory.users.values())
+    assert len(published(db, "raw.google_groups")) == len(directory.groups)
+    assert published(db, "core.sync_log")[0][1] == result.run_id
+
+
+def test_highest_priority_through_the_pipeline(tmp_path, emulator, directory):
+    priority = ["admin", "developer", "member"]
+    config = write_config(tmp_path, [connection(emulator, default_role="member", role_assignment="highest_priority",
+                                                role_priority=priority)])
+    assert run_sync(config).success
+    rows = {(u, r, tuple(via)) for _c, u, _e, r, via in published(tmp_path / "dirsync.duckdb", "core.role_mapped_entitlements")}
+    assert rows == expected_entitlements(directory, SELECTED, MAPPING, default_role="member", priority=priority)
+    assert len({u for u, _r, _v in rows}) == len(rows)
+
+
+def test_a_failing_check_leaves_the_published_tables_unchanged(tmp_path, emulator, directory):
+    config = write_config(tmp_path, [connection(emulator)])
+    assert run_sync(config).success
+    db = tmp_path / "dirsync.duckdb"
+    before = snapshot(db)
+
+    engineering = directory.find_group("engineering@acme.test")
+    engineering.members.append(Member(id="999", email="ghost@acme.test", type="USER", role="SUPERVISOR", status="ACTIVE"))
+    directory.suspend_user(next(iter(directory.users)))  # a real change that must NOT be published either
+    result = run_sync(config)
+
+    assert not result.success
+    failed = [(e.asset_key.to_user_string(), e.check_name) for e in result.get_asset_check_evaluations() if not e.passed]
+    assert failed == [("raw/google_group_members", "matches_contract")]
+    assert snapshot(db) == before
+    with duckdb.connect(str(db), read_only=True) as conn:
+        staged_bad = conn.execute("SELECT count(*) FROM staging.raw__google_group_members WHERE role = 'SUPERVISOR'").fetchall()
+    assert staged_bad == [(1,)], "the bad stage was written aside, not published"
+
+
+def test_each_connection_is_a_partition_and_other_connections_stay_intact(tmp_path, directory):
+    other_directory = generate_directory(users=150, groups=12, seed=99, domain="globex.test")
+    with DirectoryEmulator(directory) as acme, DirectoryEmulator(other_directory) as globex:
+        config = write_config(tmp_path, [
+            connection(acme), connection(globex, "globex", selected_groups="all", role_mapping={}, default_role="member")])
+        assert run_sync(config, "acme").success
+        assert run_sync(config, "globex").success
+        db = tmp_path / "dirsync.duckdb"
+        globex_before = published(db, "core.role_mapped_entitlements", "globex")
+        directory.delete_user(next(iter(directory.users)))
+        assert run_sync(config, "acme").success
+    assert published(db, "core.role_mapped_entitlements", "globex") == globex_before
+    assert len(published(db, "raw.google_users", "acme")) == sum(not u.deleted for u in directory.users.values())
+    assert len(published(db, "raw.google_users", "globex")) == len(other_directory.users)
+    assert {r[0] for r in published(db, "core.sync_log")} == {"acme", "globex"}
+
+
+def test_materialize_the_asset_graph_with_dagster_materialize(tmp_path, emulator):
+    defs = build_definitions(str(write_config(tmp_path, [connection(emulator)])))
+    assets = build_sync_assets(dg.StaticPartitionsDefinition(["acme"]))
+    result = dg.materialize(
+        [*assets, *ASSET_CHECKS], partition_key="acme", resources=defs.resources,
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+    )
+    assert result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {"raw/google_users", "raw/google_groups", "raw/google_group_members",
+                            "core/filtered_memberships", "core/role_mapped_entitlements", "published_directory"}
+    users_meta = result.asset_materializations_for_node("raw__google_users")[0].metadata
+    assert users_meta["dagster/row_count"].value == 600
+    assert users_meta["api_requests.users.list"].value == 2
+
+
+def test_definitions_load_and_schedule_fans_out_over_connections(tmp_path, emulator):
+    defs = build_definitions(str(write_config(tmp_path, [connection(emulator), connection(emulator, "beta")])))
+    dg.Definitions.validate_loadable(defs)
+    schedule = defs.resolve_schedule_def("hourly_directory_sync")
+    assert schedule.cron_schedule == "0 * * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    from datetime import UTC, datetime
+
+    with dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 28, 15, 0, tzinfo=UTC),
+                                   repository_def=defs.get_repository_def()) as context:
+        requests = schedule.evaluate_tick(context).run_requests
+    assert [(r.partition_key, r.tags["dirsync/trigger"]) for r in requests] == [("acme", "schedule"), ("beta", "schedule")]
+    assert len({r.run_key for r in requests}) == 2
