@@ -76,7 +76,8 @@ def _run_sync(config_path: str | None, connection_id: str) -> bool:
     job = build_definitions(config_path).resolve_job_def("directory_sync")
     with _instance() as instance:
         result = job.execute_in_process(
-            partition_key=connection_id, instance=instance, raise_on_error=False, tags={TRIGGER_TAG: "cli"}
+            partition_key=connection_id, instance=instance, raise_on_error=False, tags={TRIGGER_TAG: "cli"},
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         )
     if result.success:
         print(f"{connection_id}: sync {result.run_id} published")

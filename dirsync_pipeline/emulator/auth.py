@@ -47,7 +47,12 @@ class Grant:
     client: str | None  # the service account (iss) or the OAuth client_id
 
     def as_record(self) -> dict[str, Any]:
-        return {"grant_type": self.grant_type, "scopes": list(self.scopes), "subject": self.subject, "client": self.client}
+        return {
+            "grant_type": self.grant_type,
+            "scopes": list(self.scopes),
+            "subject": self.subject,
+            "client": self.client,
+        }
 
 
 class TokenIssuer:
@@ -118,11 +123,15 @@ def _jwt_claims(assertion: str) -> dict[str, Any]:
         payload = assertion.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (IndexError, ValueError, binascii.Error):
-        raise ValueError("invalid_grant", "Invalid JWT: Token must be a short-lived token and in a reasonable timeframe") from None
+        raise ValueError(
+            "invalid_grant", "Invalid JWT: Token must be a short-lived token and in a reasonable timeframe"
+        ) from None
     if not isinstance(claims, dict):
         raise ValueError("invalid_grant", "Invalid JWT payload")
     return claims
 
 
 def _oauth_error(status: int, error: str, description: str = "") -> Response:
-    return Response.json(status, {"error": error, "error_description": description or TOKEN_ERRORS.get(error, (0, error))[1]})
+    return Response.json(
+        status, {"error": error, "error_description": description or TOKEN_ERRORS.get(error, (0, error))[1]}
+    )

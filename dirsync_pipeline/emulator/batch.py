@@ -11,6 +11,7 @@ from collections.abc import Callable
 from email.message import Message
 from email.parser import BytesParser, Parser
 from http import HTTPStatus
+from typing import cast
 
 from .wire import ApiError, Request, Response
 
@@ -24,18 +25,20 @@ def handle_batch(request: Request, dispatch: Dispatch) -> Response:
     if not content_type.lower().startswith("multipart/mixed"):
         return ApiError(400, "badRequest", "Batch requests must be multipart/mixed").to_response()
     envelope = BytesParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + request.body)
-    parts = envelope.get_payload() if envelope.is_multipart() else []
+    parts = cast(list[Message], envelope.get_payload()) if envelope.is_multipart() else []
     if not parts or len(parts) > MAX_PARTS:
         return ApiError(400, "badRequest", f"A batch must hold 1 to {MAX_PARTS} requests").to_response()
     boundary = "batch_" + secrets.token_hex(12)
-    answers = [_answer_part(part, request, dispatch) for part in parts]  # type: ignore[union-attr]
+    answers = [_answer_part(part, request, dispatch) for part in parts]
     body = b"".join(f"--{boundary}\r\n".encode() + answer for answer in answers) + f"--{boundary}--\r\n".encode()
     return Response(200, body, f"multipart/mixed; boundary={boundary}")
 
 
 def _answer_part(part: Message, outer: Request, dispatch: Dispatch) -> bytes:
     inner = _inner_request(part.get_payload(), outer)
-    response = dispatch(inner) if inner is not None else ApiError(400, "badRequest", "Malformed batch part").to_response()
+    response = (
+        dispatch(inner) if inner is not None else ApiError(400, "badRequest", "Malformed batch part").to_response()
+    )
     head = ["Content-Type: application/http"]
     if part["Content-ID"]:
         head.append(f"Content-ID: <response-{part['Content-ID'].strip().strip('<>')}>")

@@ -14,7 +14,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 NEVER = "1970-01-01T00:00:00.000Z"  # Google's lastLoginTime for "never logged in"
 
@@ -24,11 +24,12 @@ CUSTOMER = "CUSTOMER"
 EXTERNAL = "EXTERNAL"
 
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+_T = TypeVar("_T")
 
 
 def rfc3339(epoch_seconds: float) -> str:
     """Google's timestamp shape: UTC with milliseconds, e.g. 2021-03-04T05:06:07.000Z."""
-    millis = int(round(epoch_seconds * 1000)) % 1000
+    millis = round(epoch_seconds * 1000) % 1000
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(epoch_seconds))) + f".{millis:03d}Z"
 
 
@@ -80,7 +81,11 @@ class Group:
 
 
 class Directory:
-    """A customer's users and groups, indexed by id, email and alias."""
+    """A customer's users and groups, indexed by id, email and alias.
+
+    Change it through the methods below: they keep the indexes and `version`
+    right, and the server's listing cache trusts `version`.
+    """
 
     def __init__(self, customer_id: str, domain: str, users: Iterable[User] = (), groups: Iterable[Group] = ()) -> None:
         self.customer_id = customer_id
@@ -178,7 +183,9 @@ class Directory:
 
     # ----- group mutations -----------------------------------------------------------
 
-    def add_group(self, email: str, name: str, description: str = "", *, id: str | None = None, **attributes: Any) -> Group:
+    def add_group(
+        self, email: str, name: str, description: str = "", *, id: str | None = None, **attributes: Any
+    ) -> Group:
         with self.lock:
             self._require_free_emails([email, *attributes.get("aliases", [])])
             group = Group(id or self._fresh_group_id(), email.lower(), name, description, **attributes)
@@ -239,7 +246,7 @@ class Directory:
 
     # ----- internals -----------------------------------------------------------------
 
-    def _changed(self, item: Any) -> Any:
+    def _changed(self, item: _T) -> _T:
         self.version += 1
         return item
 
@@ -353,7 +360,9 @@ _EPOCH_2025_06 = 1748736000
 _GENERATION_NOW = 1768435200  # 2026-01-15: the generator's fixed "now"
 
 
-def generate_directory(users: int = 2000, groups: int = 150, *, seed: int = 42, domain: str = "demo.example.com") -> Directory:
+def generate_directory(
+    users: int = 2000, groups: int = 150, *, seed: int = 42, domain: str = "demo.example.com"
+) -> Directory:
     """A realistic directory that exercises every quirk, fully determined by `seed`."""
     rng = random.Random(seed)
     customer_id = "C0" + "".join(rng.choices(_ID_ALPHABET, k=7))

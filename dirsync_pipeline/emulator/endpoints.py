@@ -13,7 +13,7 @@ from .directory import CUSTOMER, GROUP, USER, Directory, Group, Member, User
 from .faults import FaultPlan
 from .paging import ListingCache, Page, PageTokens, listing_id
 from .render import group_json, member_json, page_json, user_json
-from .wire import ApiError, bad_request, invalid_input, invalid_parameter, not_found
+from .wire import bad_request, invalid_input, invalid_parameter, not_found
 
 T = TypeVar("T")
 Query = dict[str, str]
@@ -49,7 +49,9 @@ class Endpoints:
         defining = {"domain": domain, "orderBy": order or "", "descending": str(descending), "deleted": str(deleted)}
 
         def build() -> list[User]:
-            users = [u for u in self.directory.users.values() if u.deleted == deleted and _in_domain(u.primary_email, domain)]
+            users = [
+                u for u in self.directory.users.values() if u.deleted == deleted and _in_domain(u.primary_email, domain)
+            ]
             return _sorted(users, USER_ORDERS.get(order or ""), descending)
 
         page = self._page("users.list", defining, build, query, size)
@@ -127,12 +129,17 @@ class Endpoints:
             if child is not None and child.id not in path:
                 rows.extend(self._expand(child, path))
             elif row.type == CUSTOMER:
-                rows.extend(Member(u.id, u.primary_email, USER, "MEMBER", u.member_status()) for u in self.directory.active_users())
+                rows.extend(
+                    Member(u.id, u.primary_email, USER, "MEMBER", u.member_status())
+                    for u in self.directory.active_users()
+                )
         return rows
 
     # ----- helpers -------------------------------------------------------------------
 
-    def _page(self, endpoint: str, defining: dict[str, str], build: Callable[[], Sequence[T]], query: Query, size: int) -> Page[T]:
+    def _page(
+        self, endpoint: str, defining: dict[str, str], build: Callable[[], Sequence[T]], query: Query, size: int
+    ) -> Page[T]:
         key: Hashable = (self.directory.version, endpoint, tuple(sorted(defining.items())))
         rows = self._cache.get(key, build)
         return self._tokens.page(rows, listing_id(endpoint, defining), query.get("pageToken"), size)
@@ -197,7 +204,9 @@ def _enum(query: Query, name: str, allowed: tuple[str, ...]) -> str | None:
     value = query.get(name)
     if value is not None and value not in allowed:
         pattern = "|".join(allowed)
-        raise invalid_parameter(name, f"Invalid value '{value}'. Values must match the following regular expression: '({pattern})'")
+        raise invalid_parameter(
+            name, f"Invalid value '{value}'. Values must match the following regular expression: '({pattern})'"
+        )
     return value
 
 

@@ -134,4 +134,5 @@ def select(payload: dict[str, Any], fields_param: str | None, schema: Schema) ->
         return payload
     mask = parse_mask(fields_param)
     validate(mask, schema)
-    return apply(payload, mask)
+    selected: dict[str, Any] = apply(payload, mask)
+    return selected

@@ -23,9 +23,15 @@ def _with_etag(kind: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def user_json(user: User, customer_id: str, public_view: bool = False) -> dict[str, Any]:
     emails = [{"address": user.primary_email, "primary": True}] + [{"address": a} for a in user.aliases]
-    name = {"givenName": user.given_name, "familyName": user.family_name, "fullName": f"{user.given_name} {user.family_name}"}
+    name = {
+        "givenName": user.given_name,
+        "familyName": user.family_name,
+        "fullName": f"{user.given_name} {user.family_name}",
+    }
     if public_view:  # viewType=domain_public: what any user of the domain may see
-        return _with_etag("admin#directory#user", {"id": user.id, "primaryEmail": user.primary_email, "name": name, "emails": emails})
+        return _with_etag(
+            "admin#directory#user", {"id": user.id, "primaryEmail": user.primary_email, "name": name, "emails": emails}
+        )
     body: dict[str, Any] = {
         "id": user.id,
         "primaryEmail": user.primary_email,
@@ -72,7 +78,9 @@ def group_json(group: Group) -> dict[str, Any]:
 
 def member_json(member: Member) -> dict[str, Any]:
     optional = {"email": member.email, "role": member.role, "type": member.type, "status": member.status}
-    return _with_etag("admin#directory#member", {"id": member.id, **{k: v for k, v in optional.items() if v is not None}})
+    return _with_etag(
+        "admin#directory#member", {"id": member.id, **{k: v for k, v in optional.items() if v is not None}}
+    )
 
 
 def page_json(kind: str, items_key: str, items: list[dict[str, Any]], next_token: str | None) -> dict[str, Any]:
@@ -93,7 +101,9 @@ _USER_FIELDS = (
     "organizations password phones posixAccounts primaryEmail recoveryEmail recoveryPhone relations sshPublicKeys "
     "suspended suspensionReason suspensionTime thumbnailPhotoEtag thumbnailPhotoUrl websites"
 ).split()
-_GROUP_FIELDS = "adminCreated aliases description directMembersCount email etag externalIds id kind name nonEditableAliases".split()
+_GROUP_FIELDS = (
+    "adminCreated aliases description directMembersCount email etag externalIds id kind name nonEditableAliases".split()
+)
 _MEMBER_FIELDS = "delivery_settings email etag id kind role status type".split()
 
 USER_SCHEMA: Schema = {

@@ -6,6 +6,7 @@ Content-Length; handler threads are daemons so a stuck client never blocks exit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import socket
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes; don't wait for delayed ACKs
     server: _Server
 
     def do_GET(self) -> None:
@@ -51,7 +53,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(response.body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         """Silence per-request stderr lines; request_log() records requests instead."""
 
 
@@ -78,10 +80,8 @@ class _Server(ThreadingHTTPServer):
         with self._open_lock:
             connections = list(self._open)
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class DirectoryEmulator:
@@ -111,7 +111,10 @@ class DirectoryEmulator:
         self._server = _Server((self.host, self.port), self._service)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"directory-emulator-{self.port}", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"directory-emulator-{self.port}",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -129,7 +132,9 @@ class DirectoryEmulator:
     def __enter__(self) -> DirectoryEmulator:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # ----- addresses -----------------------------------------------------------------
@@ -212,7 +217,5 @@ def serve_forever(
             f"{len(directory.groups)} groups, customer {directory.customer_id})",
             flush=True,
         )
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass

@@ -144,7 +144,9 @@ class DirectoryService:
             self._admit(request, target, faults)
             with self.directory.lock:
                 payload = self._call(target, request.query, faults)
-                return Response.json(200, fields.select(payload, request.query.get("fields"), _SCHEMAS[target.endpoint]))
+                return Response.json(
+                    200, fields.select(payload, request.query.get("fields"), _SCHEMAS[target.endpoint])
+                )
         except ApiError as error:
             return error.to_response()
 

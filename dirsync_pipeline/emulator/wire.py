@@ -112,7 +112,11 @@ class ApiError(Exception):
         super().__init__(f"{self.status} {self.reason}: {self.message}")
 
     def envelope(self) -> dict[str, Any]:
-        item: dict[str, Any] = {"message": self.detail_message or self.message, "domain": self.domain, "reason": self.reason}
+        item: dict[str, Any] = {
+            "message": self.detail_message or self.message,
+            "domain": self.domain,
+            "reason": self.reason,
+        }
         if self.location:
             item.update(location=self.location, locationType=self.location_type or "parameter")
         return {

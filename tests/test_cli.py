@@ -1,0 +1,64 @@
+"""The `dirsync` console script, run as a user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+
+from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory
+from tests.conftest import write_config
+
+DIRSYNC = [sys.executable, "-m", "dirsync_pipeline.cli"]
+
+
+def dirsync(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k not in ("DIRSYNC_CONFIG", "DAGSTER_HOME")} | (env or {})
+    return subprocess.run([*DIRSYNC, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=180)
+
+
+def test_demo_publishes_the_embedded_default_and_prints_a_summary(tmp_path):
+    result = dirsync("demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "raw.google_users                     2000 rows" in result.stdout
+    assert "Users with the most roles:" in result.stdout
+    with duckdb.connect(str(tmp_path / "data" / "dirsync.duckdb"), read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM raw.google_users").fetchall() == [(2000,)]
+        assert conn.execute("SELECT count(DISTINCT role) FROM core.role_mapped_entitlements").fetchall()[0][0] >= 4
+
+
+def test_sync_fails_with_an_actionable_message_and_non_zero_exit(tmp_path):
+    directory = generate_directory(users=80, groups=10, seed=5, domain="acme.test")
+    with DirectoryEmulator(directory) as emulator:
+        emulator.faults.api_disabled = True
+        config = write_config(tmp_path, [{"id": "acme", "api_endpoint": emulator.url, "selected_groups": "all"}])
+        result = dirsync("sync", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Admin SDK API is not enabled" in result.stderr
+    assert "last published data is unchanged" in result.stderr
+
+
+def test_sync_reports_config_errors_with_exit_2(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("connections:\n  - id: Acme\n    selected_groups: all\n")
+    result = dirsync("sync", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "connections[0].id" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_groups_lists_selection_roles_and_warns_about_unknown_groups(tmp_path):
+    directory = generate_directory(users=80, groups=10, seed=5, domain="acme.test")
+    with DirectoryEmulator(directory) as emulator:
+        config = write_config(tmp_path, [{
+            "id": "acme", "api_endpoint": emulator.url, "selected_groups": ["engineering@acme.test", "gone@acme.test"],
+            "role_mapping": {"engineering@acme.test": "developer"}}])
+        result = dirsync("groups", "--config", str(config), "--search", "engineering", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if "engineering@acme.test" in x)
+    members = len(directory.find_group("engineering@acme.test").members)
+    assert line.split()[1:] == [str(members), "yes", "developer"]
+    assert "sales@acme.test" not in result.stdout
+    assert "selected_groups names groups that do not exist (deleted or misspelt): gone@acme.test" in result.stderr
