@@ -68,6 +68,14 @@ class EmulatorConfig(_Strict):
     domain: str = "demo.example.com"
 
 
+class RetryConfig(_Strict):
+    """How long a sync keeps retrying transient Google failures (5xx, 429, rate-limit 403s, network)."""
+
+    max_attempts: int = Field(8, ge=1, le=30)
+    max_delay_seconds: float = Field(32.0, gt=0, le=600)
+    total_budget_seconds: float = Field(900.0, gt=0, le=3 * 3600)
+
+
 class ConnectionConfig(_Strict):
     id: str = Field(pattern=CONNECTION_ID_PATTERN, max_length=64)
     customer: str = "my_customer"
@@ -80,6 +88,9 @@ class ConnectionConfig(_Strict):
     role_assignment: Literal["all", "highest_priority"] = "all"
     role_priority: list[str] | None = None
     max_concurrency: int = Field(8, ge=1, le=64)
+    # Google allows 2,400 queries/min per user per project (40/s); stay well under it by default.
+    rate_limit_qps: float = Field(20.0, gt=0, le=1000)
+    retry: RetryConfig = RetryConfig()
 
     @field_validator("api_endpoint")
     @classmethod

@@ -12,6 +12,7 @@ from dirsync_pipeline.config import ConnectionConfig, load_config
 from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory
 from dirsync_pipeline.google.auth import build_credentials
 from dirsync_pipeline.google.client import DirectoryClient
+from dirsync_pipeline.google.retry import RateLimiter, RetryPolicy
 from dirsync_pipeline.tables import TABLES_BY_ASSET_KEY
 from dirsync_pipeline.warehouse import Warehouse
 
@@ -38,6 +39,12 @@ class GoogleDirectoryResource(dg.ConfigurableResource):
             api_endpoint=self._endpoint(connection),
             subject=connection.credentials.subject,
             max_concurrency=connection.max_concurrency,
+            retry_policy=RetryPolicy(
+                max_attempts=connection.retry.max_attempts,
+                max_delay=connection.retry.max_delay_seconds,
+                total_budget=connection.retry.total_budget_seconds,
+            ),
+            rate_limiter=RateLimiter(connection.rate_limit_qps),
         )
 
     def _endpoint(self, connection: ConnectionConfig) -> str | None:

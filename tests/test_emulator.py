@@ -12,8 +12,12 @@ from typing import Any
 
 import httplib2
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth.credentials import AnonymousCredentials
 from google.auth.exceptions import RefreshError
+from google.oauth2 import service_account
+from google.oauth2.credentials import Credentials
 from googleapiclient.discovery import Resource, build
 from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest
@@ -203,6 +207,12 @@ def test_users_paging_returns_each_user_once(emu: DirectoryEmulator, svc: Resour
     assert sorted(u["id"] for u in users) == sorted(directory.users)
     assert [u["primaryEmail"] for u in users] == sorted(u["primaryEmail"] for u in users)
     assert emu.request_counts()["users.list"] == 3
+
+
+def test_users_sorted_by_given_name_descending(svc: Resource) -> None:
+    users = svc.users().list(customer="my_customer", orderBy="givenName", sortOrder="DESCENDING", maxResults=500)
+    names = [u["name"]["givenName"].lower() for u in users.execute()["users"]]
+    assert names == sorted(names, reverse=True) and names[0] != names[-1]
 
 
 def test_user_resource_shape(svc: Resource, directory: Directory) -> None:
@@ -468,11 +478,21 @@ def test_require_auth_rejects_anonymous_calls(emu: DirectoryEmulator) -> None:
     }  # fmt: skip
 
 
+def test_require_auth_rejects_tokens_it_did_not_issue(emu: DirectoryEmulator) -> None:
+    emu.require_auth = True
+    response, content = httplib2.Http().request(
+        emu.url + "admin/directory/v1/users?customer=my_customer", headers={"Authorization": "Bearer forged"}
+    )
+    error = json.loads(content)["error"]
+    assert (response.status, error["errors"][0]["reason"], error["errors"][0]["message"]) == (
+        401,
+        "authError",
+        "Invalid Credentials",
+    )
+
+
 @pytest.fixture(scope="module")
 def service_account_info(shared: DirectoryEmulator) -> dict[str, str]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     return {
@@ -487,8 +507,6 @@ def service_account_info(shared: DirectoryEmulator) -> dict[str, str]:
 
 
 def test_service_account_delegation_grant(emu: DirectoryEmulator, service_account_info: dict[str, str]) -> None:
-    from google.oauth2 import service_account
-
     emu.require_auth = True
     before = len(emu.token_requests)
     credentials = service_account.Credentials.from_service_account_info(
@@ -519,8 +537,6 @@ def test_service_account_delegation_grant(emu: DirectoryEmulator, service_accoun
 
 
 def test_authorized_user_refresh_grant(emu: DirectoryEmulator) -> None:
-    from google.oauth2.credentials import Credentials
-
     emu.require_auth = True
     before = len(emu.token_requests)
     credentials = Credentials(
@@ -547,8 +563,6 @@ def test_authorized_user_refresh_grant(emu: DirectoryEmulator) -> None:
 def test_token_errors_surface_as_refresh_errors(
     emu: DirectoryEmulator, service_account_info: dict[str, str], token_error: str, expected: str
 ) -> None:
-    from google.oauth2 import service_account
-
     emu.faults = FaultPlan(token_error=token_error)
     credentials = service_account.Credentials.from_service_account_info(
         service_account_info, scopes=SCOPES, subject=f"x@{DOMAIN}"
@@ -556,6 +570,17 @@ def test_token_errors_surface_as_refresh_errors(
     with pytest.raises(RefreshError, match=expected):
         client(emu, credentials).users().list(customer="my_customer").execute()
     assert emu.request_counts()["users.list"] == 0
+
+
+def test_scripted_token_fault_then_recovery(emu: DirectoryEmulator) -> None:
+    emu.faults.scripted.append(ScriptedFault("token", 400, "invalid_grant", "Not a valid email"))
+    credentials = Credentials(
+        token=None, refresh_token="r", client_id="c", client_secret="s", token_uri=emu.token_uri, scopes=SCOPES
+    )
+    with pytest.raises(RefreshError, match="invalid_grant: Not a valid email"):
+        client(emu, credentials).groups().get(groupKey=f"admins@{DOMAIN}").execute()
+    assert client(emu, credentials).groups().get(groupKey=f"admins@{DOMAIN}").execute()["email"] == f"admins@{DOMAIN}"
+    assert emu.request_counts()["token"] == 2
 
 
 # ----- batch -----------------------------------------------------------------------------
@@ -586,18 +611,14 @@ def test_batch_answers_each_part(emu: DirectoryEmulator, svc: Resource, director
 
 def test_user_mutations_are_visible(fresh: DirectoryEmulator) -> None:
     svc, d = client(fresh), fresh.directory
-    user = next(
-        u
-        for u in d.users.values()
-        if not u.suspended and not u.archived and any(m.id == u.id for g in d.groups.values() for m in g.members)
-    )
-    group = next(g for g in d.groups.values() if any(m.id == user.id for m in g.members))
+    group, row = next((g, m) for g in d.groups.values() for m in g.members if m.status == "ACTIVE" and m.id in d.users)
+    user = d.users[row.id]
     old_email = user.primary_email
 
     d.suspend_user(user.id)
     assert svc.users().get(userKey=user.id).execute()["suspensionReason"] == "ADMIN"
     rows = svc.members().list(groupKey=group.id).execute()["members"]
-    assert next(r for r in rows if r["id"] == user.id).get("status") in ("SUSPENDED", None)
+    assert next(r for r in rows if r["id"] == user.id)["status"] == "SUSPENDED"
 
     d.rename_user(user.id, f"renamed@{DOMAIN}")
     body = svc.users().get(userKey=old_email).execute()
@@ -651,6 +672,14 @@ def test_model_rejects_inconsistent_changes(fresh: DirectoryEmulator) -> None:
     added = d.add_user(f"new.person@{DOMAIN}", "New", "Person", aliases=[f"np@{DOMAIN}"])
     assert d.find_user("NP@demo.example.com") is added and re.fullmatch(r"1\d{20}", added.id)
     assert d.add_member(next(iter(d.groups)), Member(added.id, added.primary_email, "USER", None, None)).role is None
+
+
+def test_stopped_emulator_stops_answering(fresh: DirectoryEmulator) -> None:
+    svc = client(fresh)
+    assert svc.groups().list(customer="my_customer").execute()["groups"]  # opens a keep-alive connection
+    fresh.stop()
+    with pytest.raises(OSError):
+        svc.groups().list(customer="my_customer").execute()
 
 
 # ----- command line ----------------------------------------------------------------------

@@ -1,0 +1,3 @@
+from dirsync_pipeline.cli import main
+
+raise SystemExit(main())
