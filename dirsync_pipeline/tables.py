@@ -191,3 +191,18 @@ SYNC_LOG = Table(
         Column("entitlements", pl.Int64, "BIGINT", "Rows published in core.role_mapped_entitlements."),
     ),
 )
+
+
+def contract_markdown(tables: tuple[Table, ...] = (*SYNC_TABLES, SYNC_LOG)) -> str:
+    """docs/tables.md's table reference, generated so the documentation cannot drift from the code."""
+    lines: list[str] = []
+    for table in tables:
+        lines += [f"### `{table.qualified_name}`", "", table.description, "",
+                  f"Key: ({', '.join(table.key)})", "", "| column | type | null | meaning |", "|---|---|---|---|"]
+        lines += [f"| `{c.name}` | {c.sql} | {'yes' if c.nullable else 'no'} | {c.description} |" for c in table.columns]
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(contract_markdown())

@@ -347,6 +347,12 @@ def test_unknown_group_is_googles_404(svc: Resource) -> None:
         (lambda s: s.users().list(customer="C0someoneelse"), 400, "badRequest", "Bad Request"),
         (lambda s: s.users().list(customer="my_customer", pageToken="garbage"), 400, "invalid", "Invalid page token"),
         (lambda s: s.users().get(userKey="ghost@demo.example.com"), 404, "notFound", "Resource Not Found: userKey"),
+        (
+            lambda s: s.users().list(customer="my_customer", query="isSuspended=true"),
+            400,
+            "invalid",
+            "Invalid query: the emulator does not implement search queries",
+        ),
     ],
 )
 def test_error_envelopes(svc: Resource, call: Any, status: int, reason: str, message: str) -> None:

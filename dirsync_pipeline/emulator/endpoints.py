@@ -13,7 +13,7 @@ from .directory import CUSTOMER, GROUP, USER, Directory, Group, Member, User
 from .faults import FaultPlan
 from .paging import ListingCache, Page, PageTokens, listing_id
 from .render import group_json, member_json, page_json, user_json
-from .wire import bad_request, invalid_input, invalid_parameter, not_found
+from .wire import ApiError, bad_request, invalid_input, invalid_parameter, not_found
 
 T = TypeVar("T")
 Query = dict[str, str]
@@ -39,6 +39,7 @@ class Endpoints:
 
     def users_list(self, query: Query, faults: FaultPlan) -> dict[str, Any]:
         self._check_scope(query, query.get("customer"))
+        _refuse_search(query)
         order = _enum(query, "orderBy", tuple(USER_ORDERS))
         descending = _enum(query, "sortOrder", SORT_ORDERS) == "DESCENDING"
         public_view = _enum(query, "viewType", VIEW_TYPES) == "domain_public"
@@ -76,6 +77,7 @@ class Endpoints:
         if user_key is not None and "customer" in query:
             raise bad_request()
         self._check_scope(query, query.get("customer") or user_key)
+        _refuse_search(query)
         order = _enum(query, "orderBy", ("email",))
         descending = _enum(query, "sortOrder", SORT_ORDERS) == "DESCENDING"
         size = _page_size(query, default=200, maximum=200)
@@ -185,6 +187,12 @@ def _next_token(page: Page[Any], endpoint: str, query: Query, faults: FaultPlan)
         faults.record("repeated_page_token")
         return query["pageToken"]
     return page.next_token
+
+
+def _refuse_search(query: Query) -> None:
+    """Search syntax is not emulated; failing loudly beats silently listing everything."""
+    if query.get("query"):
+        raise ApiError(400, "invalid", "Invalid query: the emulator does not implement search queries")
 
 
 def _page_size(query: Query, *, default: int, maximum: int) -> int:

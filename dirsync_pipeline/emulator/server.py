@@ -10,13 +10,13 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .auth import TokenIssuer
 from .directory import Directory, generate_directory
 from .faults import FaultPlan
 from .service import DirectoryService, RequestLogEntry
@@ -74,6 +74,11 @@ class _Server(ThreadingHTTPServer):
         finally:
             with self._open_lock:
                 self._open.discard(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client hanging up mid keep-alive is normal; only real failures get a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     def close_connections(self) -> None:
         """Cut kept-alive connections, so a stopped emulator really stops answering."""
@@ -168,10 +173,6 @@ class DirectoryEmulator:
     @require_auth.setter
     def require_auth(self, required: bool) -> None:
         self._service.require_auth = required
-
-    @property
-    def tokens(self) -> TokenIssuer:
-        return self._service.tokens
 
     @property
     def token_requests(self) -> list[dict[str, Any]]:
