@@ -5,6 +5,7 @@ asset checks; ``published_directory`` makes all of a connection's tables visible
 """
 
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -14,6 +15,7 @@ from dirsync_pipeline.checks import publish_gate_failures
 from dirsync_pipeline.config import ConnectionConfig
 from dirsync_pipeline.google.client import DirectoryClient
 from dirsync_pipeline.resources import GoogleDirectoryResource, WarehouseResource
+from dirsync_pipeline.safeguards import breaker_message, staged_removals
 from dirsync_pipeline.tables import (
     FILTERED_MEMBERSHIPS,
     GOOGLE_GROUP_MEMBERS,
@@ -33,6 +35,13 @@ from dirsync_pipeline.transforms import (
 GROUP_NAME = "directory"
 OWNERS = ["team:platform"]
 PREVIEW_ROWS = 5
+BREAKER_CHECK = "mass_removal_breaker"
+
+
+class PublishConfig(dg.Config):
+    """Run config of the publish step."""
+
+    allow_mass_removal: bool = False  # let this one sync through the mass-removal breaker, on purpose
 
 
 def selected_group_ids(connection: ConnectionConfig, groups: pl.DataFrame) -> tuple[list[str], list[str]]:
@@ -113,6 +122,7 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
 
         with google.client(connection) as client:
             fetched = client.fetch_members(selected, on_progress=progress)
+            recounted = client.verify_member_counts(fetched, groups)
         if fetched.missing_group_ids:
             context.log.warning(f"groups deleted during the sync, skipped: {fetched.missing_group_ids}")
         return table_output(
@@ -120,6 +130,7 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
             **_api_metadata(client, started), selected_groups=len(selected), fetched_groups=len(fetched.fetched_group_ids),
             unknown_selected_groups=", ".join(unknown) or "none",
             groups_deleted_during_sync=", ".join(fetched.missing_group_ids) or "none",
+            member_counts_verified=len(fetched.fetched_group_ids), member_counts_recounted=recounted,
         )
 
     @dg.asset(key=FILTERED_MEMBERSHIPS.asset_key, description=FILTERED_MEMBERSHIPS.description, kinds={"polars", "duckdb"},
@@ -164,20 +175,47 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
     @dg.asset(
         key="published_directory", partitions_def=partitions, group_name=GROUP_NAME, owners=OWNERS,
         deps=[t.asset_key for t in SYNC_TABLES], kinds={"duckdb"},
+        check_specs=[dg.AssetCheckSpec(
+            BREAKER_CHECK, asset="published_directory", blocking=True,
+            description="Mass-removal circuit breaker: the sync may not remove more than the configured share "
+                        "(default 20%) of the published users, memberships or entitlements.",
+        )],
         description="Publishes the connection's audited stages to raw.* and core.* in one DuckDB transaction. "
-                    "Runs only when every blocking check passed, and re-validates everything staged first.",
+                    "Runs only when every blocking check passed; re-validates everything staged and applies the "
+                    "mass-removal breaker first.",
     )
-    def published_directory(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        connection_id = context.partition_key
-        problems = publish_gate_failures(warehouse.warehouse, connection_id)
+    def published_directory(
+        context: dg.AssetExecutionContext, config: PublishConfig, warehouse: WarehouseResource,
+        google: GoogleDirectoryResource,
+    ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
+        connection = google.connection(context.partition_key)
+        store = warehouse.warehouse
+        problems = publish_gate_failures(store, connection.id)
         if problems:
             raise dg.Failure(
                 description="Publish refused: the staged sync does not pass validation; the published tables are "
                             "unchanged. Re-run the whole `directory_sync` job for this connection.",
                 metadata={"problems": "\n".join(problems)},
             )
-        counts = warehouse.warehouse.publish(connection_id, sync_id=context.run.run_id)
-        context.log.info(f"{connection_id}: published {counts}")
-        return dg.MaterializeResult(metadata={f"published.{name}": n for name, n in counts.items()} | {"sync_id": context.run.run_id})
+        limits = connection.safeguards
+        removals = staged_removals(store, connection.id)
+        tripped = [r for r in removals if r.exceeds(limits.max_removal_share, limits.max_removal_count)]
+        overridden = bool(tripped) and config.allow_mass_removal
+        yield dg.AssetCheckResult(
+            check_name=BREAKER_CHECK, passed=not tripped or overridden,
+            metadata={**{f"removed.{r.table}": f"{r.removed} of {r.published} ({r.share:.1%})" for r in removals},
+                      "override_used": overridden, "sample": "\n".join(s for r in tripped for s in r.sample)},
+        )
+        if tripped and not overridden:
+            raise dg.Failure(description=breaker_message(tripped, limits.max_removal_share, limits.max_removal_count))
+        if overridden:
+            context.log.warning(f"mass-removal breaker overridden by run config: {[r.describe() for r in tripped]}")
+        context.log.info(f"{connection.id}: publishing {len(SYNC_TABLES)} tables in one transaction")
+        counts = store.publish(connection.id, sync_id=context.run.run_id)
+        context.log.info(f"{connection.id}: published {counts}")
+        yield dg.MaterializeResult(
+            metadata={f"published.{name}": n for name, n in counts.items()}
+            | {"sync_id": context.run.run_id, "mass_removal_override": overridden}
+        )
 
     return [google_users, google_groups, google_group_members, filtered_memberships, role_mapped_entitlements, published_directory]

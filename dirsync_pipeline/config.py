@@ -76,6 +76,13 @@ class RetryConfig(_Strict):
     total_budget_seconds: float = Field(900.0, gt=0, le=3 * 3600)
 
 
+class SafeguardsConfig(_Strict):
+    """The mass-removal circuit breaker's limits (share of published rows, and optionally a count)."""
+
+    max_removal_share: float = Field(0.2, ge=0, le=1)
+    max_removal_count: int | None = Field(None, ge=0)
+
+
 class ConnectionConfig(_Strict):
     id: str = Field(pattern=CONNECTION_ID_PATTERN, max_length=64)
     customer: str = "my_customer"
@@ -91,6 +98,7 @@ class ConnectionConfig(_Strict):
     # Google allows 2,400 queries/min per user per project (40/s); stay well under it by default.
     rate_limit_qps: float = Field(20.0, gt=0, le=1000)
     retry: RetryConfig = RetryConfig()
+    safeguards: SafeguardsConfig = SafeguardsConfig()
 
     @field_validator("api_endpoint")
     @classmethod

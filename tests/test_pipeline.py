@@ -48,7 +48,7 @@ def test_sync_publishes_exactly_what_the_semantics_define(tmp_path, seed):
         result = run_sync(config)
     assert result.success
     evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == 9 and all(e.passed for e in evaluations)
+    assert len(evaluations) == 10 and all(e.passed for e in evaluations)
 
     db = tmp_path / "dirsync.duckdb"
     memberships = {(u, g, d, a) for _c, u, _e, g, _ge, d, a in published(db, "core.filtered_memberships")}
@@ -78,7 +78,7 @@ def test_a_failing_check_leaves_the_published_tables_unchanged(tmp_path, emulato
     before = snapshot(db)
 
     engineering = directory.find_group("engineering@acme.test")
-    engineering.members.append(Member(id="999", email="ghost@acme.test", type="USER", role="SUPERVISOR", status="ACTIVE"))
+    directory.add_member(engineering.id, Member(id="999", email="ghost@acme.test", type="USER", role="SUPERVISOR", status="ACTIVE"))
     directory.suspend_user(next(iter(directory.users)))  # a real change that must NOT be published either
     result = run_sync(config)
 

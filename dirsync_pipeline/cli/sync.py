@@ -19,6 +19,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
     sync = subcommands.add_parser("sync", help="sync now: run the directory_sync job in-process")
     add_config_args(sync)
+    sync.add_argument(
+        "--allow-mass-removal", action="store_true",
+        help="let this sync through the mass-removal breaker on purpose (recorded on the run)",
+    )
     sync.set_defaults(command=cmd_sync)
 
     demo = subcommands.add_parser("demo", help="sync the embedded demo directory and print a summary")
@@ -28,7 +32,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 def cmd_sync(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     ids = [config.connection(args.connection).id] if args.connection else config.connection_ids
-    failed = [cid for cid in ids if not run_sync(args.config, cid)]
+    overrides = mass_removal_override() if args.allow_mass_removal else {}
+    failed = [cid for cid in ids if not run_sync(args.config, cid, **overrides)]
     if failed:
         print(f"dirsync: sync failed for {failed}; the last published data is unchanged", file=sys.stderr)
         return 1
@@ -42,6 +47,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
     print_summary(config)
     return 0
+
+
+def mass_removal_override() -> dict[str, dict]:
+    """Run config that lets one sync through the breaker, and the tag that records it on the run."""
+    return {
+        "run_config": {"ops": {"published_directory": {"config": {"allow_mass_removal": True}}}},
+        "tags": {"dirsync/allow_mass_removal": "true"},
+    }
 
 
 def run_sync(config_path: str | None, connection_id: str, run_config: dict | None = None, tags: dict | None = None) -> bool:

@@ -114,7 +114,10 @@ class Endpoints:
             return [row for row in rows if not roles or (row.role or "MEMBER") in roles]
 
         page = self._page("members.list", defining, build, query, size)
-        items = [member_json(m) for m in page.items]
+        kept = [m for m in page.items if not faults.drops_member(group.id, m.id)]
+        if len(kept) < len(page.items):
+            faults.record("dropped_members", len(page.items) - len(kept))
+        items = [member_json(m) for m in kept]
         return page_json("admin#directory#members", "members", items, _next_token(page, "members.list", query, faults))
 
     def _expand(self, group: Group, path: frozenset[str]) -> list[Member]:

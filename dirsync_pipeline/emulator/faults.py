@@ -61,6 +61,7 @@ class FaultPlan:
     api_disabled: bool = False
     repeat_page_token_on: str | None = None
     drop_fraction: float = 0.0
+    drop_members_fraction: float = 0.0  # share of members.list rows silently left out (directMembersCount unchanged)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -99,10 +100,11 @@ class FaultPlan:
 
     def drops(self, user_id: str) -> bool:
         """Whether users.list silently leaves this user out (stable for a given seed)."""
-        if self.drop_fraction <= 0:
-            return False
-        digest = hashlib.blake2b(f"{self.seed}:{user_id}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") / 2**64 < self.drop_fraction
+        return _stable_draw(f"{self.seed}:{user_id}") < self.drop_fraction
+
+    def drops_member(self, group_id: str, member_id: str) -> bool:
+        """Whether members.list silently leaves this row out while still answering 200."""
+        return _stable_draw(f"{self.seed}:{group_id}:{member_id}") < self.drop_members_fraction
 
     def _rate_limited(self) -> ApiError | None:
         """Token bucket over all API requests: capacity and refill are `rate_limit_qps`."""
@@ -125,3 +127,9 @@ class FaultPlan:
                 return None
             status, reason = self._rng.choices(_RANDOM_FAILURES, _RANDOM_WEIGHTS)[0]
         return ApiError(status, reason)
+
+
+def _stable_draw(key: str) -> float:
+    """A number in [0, 1) that depends only on ``key``: the same rows are dropped on every request."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64

@@ -24,6 +24,7 @@ from googleapiclient.errors import HttpError
 from dirsync_pipeline.google.errors import (
     AuthorizationError,
     GroupNotFoundError,
+    IncompleteResponseError,
     MalformedResponseError,
     explain_http_error,
     explain_refresh_error,
@@ -50,6 +51,7 @@ USER_FIELDS = (
 GROUP_FIELDS = "nextPageToken,groups(id,email,name,description,directMembersCount,adminCreated)"
 MEMBER_FIELDS = "nextPageToken,members(id,email,role,type,status)"
 HTTP_TIMEOUT_SECONDS = 60
+GROUP_COUNT_FIELD = list(GROUP_SCHEMA).index("direct_members_count")
 
 
 @dataclass
@@ -139,6 +141,40 @@ class DirectoryClient:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
         return MembersFetch(rows_to_frame(rows, MEMBER_SCHEMA), sorted(fetched), sorted(missing))
+
+    def verify_member_counts(self, fetched: MembersFetch, groups: pl.DataFrame) -> int:
+        """Prove each fetched member list complete against Google's own ``directMembersCount``.
+
+        A group whose membership changed while the sync ran is recounted with ``groups.get``; a count
+        that still differs means Google answered incompletely while saying success, so the sync fails
+        rather than publish a partial directory. Returns how many groups needed a recount.
+        """
+        received = fetched.edges.group_by("group_id").len(name="received")
+        compared = (
+            groups.filter(pl.col("group_id").is_in(fetched.fetched_group_ids))
+            .join(received, on="group_id", how="left")
+            .with_columns(pl.col("received").fill_null(0))
+            .filter(pl.col("received") != pl.col("direct_members_count"))
+        )
+        incomplete = []
+        for group_id, email, received_count in compared.select("group_id", "email", "received").iter_rows():
+            try:
+                current = self._current_member_count(group_id)
+            except GroupNotFoundError:
+                continue  # deleted after its members were read: nothing left to be incomplete
+            if current != received_count:
+                incomplete.append(f"{email}: {received_count} of {current}")
+        if incomplete:
+            raise IncompleteResponseError(
+                f"members.list returned fewer members than Google's own directMembersCount for {len(incomplete)} "
+                f"group(s) ({'; '.join(incomplete[:10])}). Google answered incompletely; nothing was published. "
+                "The next sync retries; if it persists, report it to Google Workspace support."
+            )
+        return compared.height
+
+    def _current_member_count(self, group_id: str) -> int:
+        request = self._service.groups().get(groupKey=group_id, fields="id,email,directMembersCount")
+        return group_row(self._execute(request, "groups.get", group=group_id))[GROUP_COUNT_FIELD]
 
     def _group_members(self, group_id: str) -> list[tuple]:
         request = self._service.members().list(groupKey=group_id, maxResults=MEMBERS_PAGE_SIZE, fields=MEMBER_FIELDS)

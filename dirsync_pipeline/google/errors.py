@@ -39,6 +39,10 @@ class MalformedResponseError(DirectoryError):
     """An answer that is not what the Directory API documents (HTML, truncated JSON, wrong types)."""
 
 
+class IncompleteResponseError(DirectoryError):
+    """Google said success but returned less than it counts itself: never publish such a sync."""
+
+
 class RetriesExhaustedError(DirectoryError):
     """A transient failure that outlasted the retry policy's attempts or time budget."""
 

@@ -157,9 +157,11 @@ def call_with_retry(
             delay = policy.backoff(attempt, _retry_after(exc), rng)
             out_of_attempts = attempt + 1 >= policy.max_attempts
             if out_of_attempts or time.monotonic() - started + delay > policy.total_budget:
+                hint = "could not reach the API endpoint: check api_endpoint and the network" if cause == "network" \
+                    else "Google may be degraded"
                 raise RetriesExhaustedError(
                     f"{endpoint}: still failing after {attempt + 1} attempts over {time.monotonic() - started:.0f}s "
-                    f"(last: {cause}); Google may be degraded. Nothing was published; the next sync retries."
+                    f"(last: {cause}); {hint}. Nothing was published; the next sync retries."
                 ) from None
             stats.count_retry(cause)
             time.sleep(delay)
