@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import stat
 from pathlib import Path
@@ -36,13 +37,20 @@ def build_credentials(config: CredentialsConfig) -> Credentials:
             return service_account.Credentials.from_service_account_file(
                 str(config.file), scopes=list(READONLY_SCOPES), subject=config.subject
             )
-        return user_credentials.Credentials.from_authorized_user_file(str(config.file), scopes=list(READONLY_SCOPES))
+        return _authorized_user(config.file)
     except (ValueError, KeyError, OSError) as exc:
         kind = "service account key" if config.type == "service_account" else "authorized-user token"
         raise AuthorizationError(
             f"{config.file} is not a usable {kind} JSON file ({type(exc).__name__}); download a fresh one "
             f"and point credentials.file at it"
         ) from None
+
+
+def _authorized_user(path: Path) -> Credentials:
+    """Refresh-token credentials; a ``token_uri`` in the file is honoured (google-auth ignores it)."""
+    info = json.loads(path.read_text())
+    credentials = user_credentials.Credentials.from_authorized_user_info(info, scopes=list(READONLY_SCOPES))
+    return credentials.with_token_uri(info["token_uri"]) if info.get("token_uri") else credentials
 
 
 def _application_default(subject: str | None) -> Credentials:

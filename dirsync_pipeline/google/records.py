@@ -40,7 +40,9 @@ MemberRow = tuple
 
 def user_row(user: object) -> UserRow:
     obj = _object(user, "users.list user")
-    name = obj.get("name") or {}
+    name = obj.get("name", {})
+    if name is None:
+        name = {}
     if not isinstance(name, dict):
         raise MalformedResponseError(f"users.list user {obj.get('id')!r}: `name` is {type(name).__name__}, not an object")
     given, family = _opt_str(name, "givenName", "user"), _opt_str(name, "familyName", "user")
