@@ -6,17 +6,22 @@ asset checks; ``published_directory`` makes all of a connection's tables visible
 
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import polars as pl
 
 from dirsync_pipeline.checks import publish_gate_failures
 from dirsync_pipeline.config import ConnectionConfig
+from dirsync_pipeline.explain import explain_entitlements
 from dirsync_pipeline.google.client import DirectoryClient
+from dirsync_pipeline.progress import FetchProgress
+from dirsync_pipeline.replay import materialized_in_run, require_members_in_snapshot, restore_unmaterialized_stages
 from dirsync_pipeline.resources import GoogleDirectoryResource, WarehouseResource
+from dirsync_pipeline.run_report import sync_report_metadata
 from dirsync_pipeline.safeguards import breaker_message, staged_removals
 from dirsync_pipeline.tables import (
+    ENTITLEMENT_EXPLANATIONS,
     FILTERED_MEMBERSHIPS,
     GOOGLE_GROUP_MEMBERS,
     GOOGLE_GROUPS,
@@ -34,6 +39,8 @@ from dirsync_pipeline.transforms import (
 
 GROUP_NAME = "directory"
 OWNERS = ["team:platform"]
+# Synced hourly: an asset older than two hours means a sync was missed or failed, and the UI marks it.
+SYNC_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=2))
 PREVIEW_ROWS = 5
 BREAKER_CHECK = "mass_removal_breaker"
 
@@ -82,7 +89,8 @@ def _api_metadata(client: DirectoryClient, started: float) -> dict[str, object]:
 
 def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     """The pipeline's assets, partitioned by connection id."""
-    common = dict(partitions_def=partitions, group_name=GROUP_NAME, owners=OWNERS, io_manager_key="staging_io_manager")
+    common = dict(partitions_def=partitions, group_name=GROUP_NAME, owners=OWNERS, io_manager_key="staging_io_manager",
+                  freshness_policy=SYNC_FRESHNESS)
 
     @dg.asset(key=GOOGLE_USERS.asset_key, description=GOOGLE_USERS.description, kinds={"google", "polars", "duckdb"}, **common)
     def google_users(context: dg.AssetExecutionContext, google: GoogleDirectoryResource) -> dg.Output[pl.DataFrame]:
@@ -116,12 +124,8 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
             context.log.warning(f"{connection.id}: selected groups not found in the directory: {unknown}")
         started = datetime.now(UTC).timestamp()
 
-        def progress(done: int, total: int) -> None:
-            if done == total or done % 100 == 0:
-                context.log.info(f"members.list: {done}/{total} groups fetched")
-
         with google.client(connection) as client:
-            fetched = client.fetch_members(selected, on_progress=progress)
+            fetched = client.fetch_members(selected, on_progress=FetchProgress(context.log.info, client.stats))
             recounted = client.verify_member_counts(fetched, groups)
         if fetched.missing_group_ids:
             context.log.warning(f"groups deleted during the sync, skipped: {fetched.missing_group_ids}")
@@ -142,6 +146,8 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
     ) -> dg.Output[pl.DataFrame]:
         connection = google.connection(context.partition_key)
         selected, _unknown = selected_group_ids(connection, groups)
+        if GOOGLE_GROUP_MEMBERS.asset_key not in materialized_in_run(context.job_def):
+            require_members_in_snapshot(groups, edges, selected)  # replay: the snapshot must cover the selection
         memberships, stats = expand_memberships(connection.id, users, groups, edges, selected)
         return table_output(
             FILTERED_MEMBERSHIPS, memberships,
@@ -172,8 +178,31 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
             unknown_mapped_groups=", ".join(unknown) or "none",
         )
 
+    @dg.asset(key=ENTITLEMENT_EXPLANATIONS.asset_key, description=ENTITLEMENT_EXPLANATIONS.description,
+              kinds={"polars", "duckdb"},
+              ins={"entitlements": dg.AssetIn(ROLE_MAPPED_ENTITLEMENTS.asset_key),
+                   "memberships": dg.AssetIn(FILTERED_MEMBERSHIPS.asset_key),
+                   "edges": dg.AssetIn(GOOGLE_GROUP_MEMBERS.asset_key), "groups": dg.AssetIn(GOOGLE_GROUPS.asset_key)},
+              **common)
+    def entitlement_explanations(
+        context: dg.AssetExecutionContext, google: GoogleDirectoryResource, entitlements: pl.DataFrame,
+        memberships: pl.DataFrame, edges: pl.DataFrame, groups: pl.DataFrame,
+    ) -> dg.Output[pl.DataFrame]:
+        connection = google.connection(context.partition_key)
+        mapping, _unknown = resolve_role_mapping(groups, connection.mapped_roles())
+        explanations = explain_entitlements(
+            entitlements, memberships, edges, groups, mapping,
+            default_role=connection.default_role, role_priority=connection.role_priority,
+        )
+        return table_output(
+            ENTITLEMENT_EXPLANATIONS, explanations,
+            **{f"rule.{r}": n for r, n in explanations.group_by("rule").len().sort("rule").iter_rows()},
+            outranking_grants=explanations.filter(pl.col("outranked").list.len() > 0).height,
+        )
+
     @dg.asset(
         key="published_directory", partitions_def=partitions, group_name=GROUP_NAME, owners=OWNERS,
+        freshness_policy=SYNC_FRESHNESS,
         deps=[t.asset_key for t in SYNC_TABLES], kinds={"duckdb"},
         check_specs=[dg.AssetCheckSpec(
             BREAKER_CHECK, asset="published_directory", blocking=True,
@@ -190,6 +219,10 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
     ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
         connection = google.connection(context.partition_key)
         store = warehouse.warehouse
+        replayed = restore_unmaterialized_stages(store, connection.id, materialized_in_run(context.job_def))
+        if replayed:
+            context.log.info(f"{connection.id}: not recomputed in this run, taken from the last published snapshot: "
+                             f"{[t.qualified_name for t in replayed]}")
         problems = publish_gate_failures(store, connection.id)
         if problems:
             raise dg.Failure(
@@ -201,13 +234,15 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         removals = staged_removals(store, connection.id)
         tripped = [r for r in removals if r.exceeds(limits.max_removal_share, limits.max_removal_count)]
         overridden = bool(tripped) and config.allow_mass_removal
+        blocked = breaker_message(tripped, limits.max_removal_share, limits.max_removal_count) if tripped else None
         yield dg.AssetCheckResult(
             check_name=BREAKER_CHECK, passed=not tripped or overridden,
+            description=None if overridden else blocked,  # the Checks tab says how to let an intended removal through
             metadata={**{f"removed.{r.table}": f"{r.removed} of {r.published} ({r.share:.1%})" for r in removals},
                       "override_used": overridden, "sample": "\n".join(s for r in tripped for s in r.sample)},
         )
         if tripped and not overridden:
-            raise dg.Failure(description=breaker_message(tripped, limits.max_removal_share, limits.max_removal_count))
+            raise dg.Failure(description=blocked)
         if overridden:
             context.log.warning(f"mass-removal breaker overridden by run config: {[r.describe() for r in tripped]}")
         context.log.info(f"{connection.id}: publishing {len(SYNC_TABLES)} tables in one transaction")
@@ -216,6 +251,8 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         yield dg.MaterializeResult(
             metadata={f"published.{name}": n for name, n in counts.items()}
             | {"sync_id": context.run.run_id, "mass_removal_override": overridden}
+            | sync_report_metadata(context, store, connection.id)
         )
 
-    return [google_users, google_groups, google_group_members, filtered_memberships, role_mapped_entitlements, published_directory]
+    return [google_users, google_groups, google_group_members, filtered_memberships, role_mapped_entitlements,
+            entitlement_explanations, published_directory]

@@ -13,6 +13,7 @@ import pandera.polars as pa
 import polars as pl
 
 from dirsync_pipeline.tables import (
+    ENTITLEMENT_EXPLANATIONS,
     FILTERED_MEMBERSHIPS,
     GOOGLE_GROUP_MEMBERS,
     GOOGLE_GROUPS,
@@ -47,6 +48,8 @@ REFERENCES = (
               "Every filtered membership's group exists."),
     Reference("entitlements_of_active_members", ROLE_MAPPED_ENTITLEMENTS, FILTERED_MEMBERSHIPS,
               ("user_id",), ("user_id",), "Every entitlement's user is a member of a selected group."),
+    Reference("explanations_of_entitlements", ENTITLEMENT_EXPLANATIONS, ROLE_MAPPED_ENTITLEMENTS,
+              ("user_id", "role"), ("user_id", "role"), "Every explanation explains an entitlement of this sync."),
 )
 
 
@@ -56,13 +59,16 @@ class Outcome:
     failures: int
     sample: pl.DataFrame | None = None
 
-    def check_result(self, **metadata: object) -> dg.AssetCheckResult:
+    def check_result(self, action: str, **metadata: object) -> dg.AssetCheckResult:
+        """The result for the UI; a failure carries ``action``, what the operator should do about it."""
         shown = {"failures": self.failures, **metadata}
         if self.sample is not None and self.sample.height:
             with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
                            fmt_str_lengths=60, tbl_cols=-1):
                 shown["failing_rows_sample"] = dg.MetadataValue.md(str(self.sample.head(SAMPLE_ROWS)))
-        return dg.AssetCheckResult(passed=self.passed, metadata=shown)
+        if not self.passed:
+            shown["what_to_do"] = action
+        return dg.AssetCheckResult(passed=self.passed, metadata=shown, description=None if self.passed else action)
 
 
 def validate_contract(table: Table, frame: pl.DataFrame) -> Outcome:
@@ -104,7 +110,10 @@ def contract_check(table: Table) -> dg.AssetChecksDefinition:
     )
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         frame = context.resources.warehouse.warehouse.read_staged(table, _partition(context))
-        return validate_contract(table, frame).check_result(rows=frame.height)
+        action = (f"{table.qualified_name} does not match its contract, so nothing was published and the last good data "
+                  "is kept. failing_rows_sample shows the offending values: if Google sent an unusual answer, run Sync "
+                  "Now again; if it repeats, the contract in tables.py needs the new shape.")
+        return validate_contract(table, frame).check_result(action, rows=frame.height)
 
     return _check
 
@@ -119,7 +128,10 @@ def reference_check(reference: Reference) -> dg.AssetChecksDefinition:
         partition = _partition(context)
         child = warehouse.read_staged(reference.child, partition)
         parent = warehouse.read_staged(reference.parent, partition)
-        return validate_reference(reference, child, parent).check_result()
+        action = (f"{reference.child.qualified_name} has rows without a match in {reference.parent.qualified_name} "
+                  "(failing_rows_sample): the directory most likely changed during the sync. Nothing was published; run "
+                  "Sync Now again. If it repeats, the sample names the rows to investigate.")
+        return validate_reference(reference, child, parent).check_result(action)
 
     return _check
 

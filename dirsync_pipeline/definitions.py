@@ -9,7 +9,7 @@ import dagster as dg
 from dirsync_pipeline.assets import build_sync_assets
 from dirsync_pipeline.checks import ASSET_CHECKS
 from dirsync_pipeline.config import CONFIG_ENV_VAR, load_config
-from dirsync_pipeline.jobs import build_hourly_schedule, build_sync_job
+from dirsync_pipeline.jobs import build_hourly_schedule, build_remap_job, build_sync_job
 from dirsync_pipeline.resources import GoogleDirectoryResource, StagingIOManager, WarehouseResource
 
 
@@ -18,17 +18,18 @@ def build_definitions(config_path: str | None = None) -> dg.Definitions:
     config_path = config_path or os.environ.get(CONFIG_ENV_VAR)
     config = load_config(config_path)
     duckdb_path = str(config.warehouse.duckdb_path.resolve())
+    parquet_dir = str(config.warehouse.parquet_path.resolve())
     partitions = dg.StaticPartitionsDefinition(config.connection_ids)
     job = build_sync_job(duckdb_path)
     return dg.Definitions(
         assets=build_sync_assets(partitions),
         asset_checks=ASSET_CHECKS,
-        jobs=[job],
+        jobs=[job, build_remap_job(duckdb_path)],
         schedules=[build_hourly_schedule(job, config.connection_ids)],
         resources={
             "google": GoogleDirectoryResource(config_path=str(Path(config_path).resolve()) if config_path else None),
-            "warehouse": WarehouseResource(duckdb_path=duckdb_path),
-            "staging_io_manager": StagingIOManager(duckdb_path=duckdb_path),
+            "warehouse": WarehouseResource(duckdb_path=duckdb_path, parquet_dir=parquet_dir),
+            "staging_io_manager": StagingIOManager(duckdb_path=duckdb_path, parquet_dir=parquet_dir),
         },
         executor=dg.in_process_executor,
     )

@@ -13,6 +13,7 @@ from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory
 from dirsync_pipeline.google.auth import build_credentials
 from dirsync_pipeline.google.client import DirectoryClient
 from dirsync_pipeline.google.retry import RateLimiter, RetryPolicy
+from dirsync_pipeline.replay import materialized_in_run, restore_stage
 from dirsync_pipeline.tables import TABLES_BY_ASSET_KEY
 from dirsync_pipeline.warehouse import Warehouse
 
@@ -36,7 +37,7 @@ class GoogleDirectoryResource(dg.ConfigurableResource):
         yield DirectoryClient(
             build_credentials(connection.credentials),
             customer=connection.customer,
-            api_endpoint=self._endpoint(connection),
+            api_endpoint=self.endpoint(connection),
             subject=connection.credentials.subject,
             max_concurrency=connection.max_concurrency,
             retry_policy=RetryPolicy(
@@ -47,7 +48,8 @@ class GoogleDirectoryResource(dg.ConfigurableResource):
             rate_limiter=RateLimiter(connection.rate_limit_qps),
         )
 
-    def _endpoint(self, connection: ConnectionConfig) -> str | None:
+    def endpoint(self, connection: ConnectionConfig) -> str | None:
+        """The API endpoint to call (None: Google); starts the connection's embedded emulator on first use."""
         if connection.emulator is None:
             return connection.api_endpoint
         if connection.id not in self._emulators:
@@ -67,27 +69,34 @@ class GoogleDirectoryResource(dg.ConfigurableResource):
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB file that holds staged and published tables."""
+    """The DuckDB file that holds staged and published tables, and the folder of the Parquet outputs."""
 
     duckdb_path: str
+    parquet_dir: str | None = None  # None: next to the DuckDB file
 
     @property
     def warehouse(self) -> Warehouse:
-        return Warehouse(self.duckdb_path)
+        return Warehouse(self.duckdb_path, self.parquet_dir)
 
 
 class StagingIOManager(dg.ConfigurableIOManager):
     """Stores each stage's frame in the DuckDB staging schema, one connection (partition) at a time.
 
     Published tables are written only by the ``published_directory`` asset, after every check passed.
+    A stage the run does not materialize is the last published sync's, restored from its Parquet
+    snapshot (replay.py): re-materializing downstream assets never calls Google nor reads stale stages.
     """
 
     duckdb_path: str
+    parquet_dir: str | None = None  # None: next to the DuckDB file
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         table = TABLES_BY_ASSET_KEY[context.asset_key]
-        Warehouse(self.duckdb_path).stage(table, context.partition_key, obj)
+        Warehouse(self.duckdb_path, self.parquet_dir).stage(table, context.partition_key, obj)
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         table = TABLES_BY_ASSET_KEY[context.asset_key]
-        return Warehouse(self.duckdb_path).read_staged(table, context.asset_partition_key)
+        warehouse = Warehouse(self.duckdb_path, self.parquet_dir)
+        if context.asset_key not in materialized_in_run(context.step_context.job_def):
+            return restore_stage(warehouse, table, context.asset_partition_key)
+        return warehouse.read_staged(table, context.asset_partition_key)

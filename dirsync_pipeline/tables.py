@@ -7,13 +7,20 @@ and docs/tables.md are all derived from these specs, so they cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import dagster as dg
+import duckdb
 import pandera.polars as pa
 import polars as pl
 
 TIMESTAMP = pl.Datetime("us", "UTC")
 CONNECTION_ID = r"^[a-z0-9_-]+$"
+
+
+def timestamp_literal(at: datetime) -> pl.Expr:
+    """A point in time as a literal column of the contract's TIMESTAMP type."""
+    return pl.lit(at).dt.cast_time_unit("us").dt.convert_time_zone("UTC")
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,19 @@ class Table:
         columns = ",\n  ".join(f"{c.name} {c.sql}{'' if c.nullable else ' NOT NULL'}" for c in self.columns)
         return f"CREATE TABLE IF NOT EXISTS {qualified_name or self.qualified_name} (\n  {columns}\n)"
 
+    def read(self, conn: duckdb.DuckDBPyConnection, connection_id: str | None = None, *, source: str | None = None,
+             condition: str | None = None) -> pl.DataFrame:
+        """Rows of ``source`` (default: this table), one connection's if given, with the contract's polars types."""
+        clauses = [c for c in ("connection_id = ?" if connection_id else None, condition) if c]
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        frame = conn.sql(f"SELECT {', '.join(self.column_names)} FROM {source or self.qualified_name} {where}",
+                         params=[connection_id] if connection_id else []).pl()
+        return self.typed(frame)
+
+    def typed(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The table's columns of ``frame``, cast to the contract's polars types (DuckDB and Parquet differ)."""
+        return frame.select(pl.col(c.name).cast(c.dtype) for c in self.columns)
+
     def pandera_schema(self) -> pa.DataFrameSchema:
         return pa.DataFrameSchema(
             {c.name: pa.Column(c.dtype, list(c.checks), nullable=c.nullable) for c in self.columns},
@@ -80,6 +100,15 @@ def _id(name: str, description: str) -> Column:
 
 def _email(name: str, description: str, nullable: bool = False) -> Column:
     return Column(name, pl.Utf8, "VARCHAR", description, nullable=nullable, checks=(pa.Check.str_contains("@"),))
+
+
+def _user(email_description: str = "The user's primary email.") -> tuple[Column, ...]:
+    """The leading columns of every per-user table: connection, immutable user id, email."""
+    return (_connection_id(), _id("user_id", "Directory user id."), _email("primary_email", email_description))
+
+
+def _role(description: str = "Application role.") -> Column:
+    return Column("role", pl.Utf8, "VARCHAR", description, checks=(pa.Check.str_length(min_value=1),))
 
 
 def _synced_at() -> Column:
@@ -164,17 +193,44 @@ ROLE_MAPPED_ENTITLEMENTS = Table(
     "One row per (active user, role): the roles the application grants, from the group-to-role mapping.",
     key=("connection_id", "user_id", "role"),
     columns=(
-        _connection_id(),
-        _id("user_id", "Directory user id."),
-        _email("primary_email", "The user's primary email."),
-        Column("role", pl.Utf8, "VARCHAR", "Application role.", checks=(pa.Check.str_length(min_value=1),)),
+        *_user(),
+        _role(),
         Column("granted_via", pl.List(pl.Utf8), "VARCHAR[]",
                "Sorted emails of the selected groups that gave the role; empty for the default role."),
     ),
 )
 
-SYNC_TABLES = (GOOGLE_USERS, GOOGLE_GROUPS, GOOGLE_GROUP_MEMBERS, FILTERED_MEMBERSHIPS, ROLE_MAPPED_ENTITLEMENTS)
+RULES = ["role_mapping", "default_role"]
+PATHS_PER_GROUP = 3  # shortest paths kept per (user, selected group): enough to explain, bounded on dense DAGs
+EVERY_USER = "(every user of the customer)"  # how a path through a CUSTOMER member ends
+
+ENTITLEMENT_EXPLANATIONS = Table(
+    "core", "entitlement_explanations",
+    "Why each current entitlement exists: the rule that gave it and the membership path(s) behind it, "
+    "one row per row of core.role_mapped_entitlements (`dirsync explain USER` prints it).",
+    key=("connection_id", "user_id", "role"),
+    columns=(
+        *_user(),
+        _role("Application role (as in core.role_mapped_entitlements)."),
+        Column("rule", pl.Utf8, "VARCHAR",
+               "`role_mapping`: a selected group the user belongs to is mapped to the role; `default_role`: the user "
+               "belongs to selected groups but none is mapped to a role.", checks=(pa.Check.isin(RULES),)),
+        Column("via_groups", pl.List(pl.Utf8), "VARCHAR[]",
+               "Sorted emails of the selected groups behind the rule: the groups mapped to the role (role_mapping), "
+               "or every selected group the user belongs to (default_role)."),
+        Column("paths", pl.List(pl.Utf8), "VARCHAR[]",
+               "How the user is in each of via_groups: `selected > nested > ... > user email`, shortest paths first "
+               f"(at most {PATHS_PER_GROUP} per group); `{EVERY_USER}` ends a path through a CUSTOMER member."),
+        Column("outranked", pl.List(pl.Utf8), "VARCHAR[]",
+               "Roles the user also qualified for that role_assignment `highest_priority` dropped in favour of this "
+               "one, best first; empty under `all`."),
+    ),
+)
+
+SYNC_TABLES = (GOOGLE_USERS, GOOGLE_GROUPS, GOOGLE_GROUP_MEMBERS, FILTERED_MEMBERSHIPS, ROLE_MAPPED_ENTITLEMENTS,
+               ENTITLEMENT_EXPLANATIONS)
 TABLES_BY_ASSET_KEY = {t.asset_key: t for t in SYNC_TABLES}
+GOOGLE_ASSET_KEYS = [t.asset_key for t in (GOOGLE_USERS, GOOGLE_GROUPS, GOOGLE_GROUP_MEMBERS)]  # read from Google
 
 SYNC_LOG = Table(
     "core", "sync_log",
@@ -193,7 +249,98 @@ SYNC_LOG = Table(
 )
 
 
-def contract_markdown(tables: tuple[Table, ...] = (*SYNC_TABLES, SYNC_LOG)) -> str:
+# The tables counted in core.sync_log, in the order of its count columns.
+SYNC_LOG_COUNTED = (GOOGLE_USERS, GOOGLE_GROUPS, GOOGLE_GROUP_MEMBERS, FILTERED_MEMBERSHIPS, ROLE_MAPPED_ENTITLEMENTS)
+
+# Bumped when a published column is removed or retyped (adding columns or tables keeps it); written in
+# every Parquet manifest so consumers can refuse a layout they do not know.
+SCHEMA_VERSION = 1
+
+EVENTS = [
+    "user.created", "user.updated", "user.suspended", "user.reactivated", "user.archived", "user.deleted",
+    "group.created", "group.updated", "group.deleted", "membership.added", "membership.removed",
+    "role.granted", "role.revoked",
+]
+
+
+def _json_column(name: str, description: str) -> Column:
+    return Column(name, pl.Utf8, "VARCHAR", description, nullable=True, checks=(pa.Check.str_startswith("{"),))
+
+
+DIRECTORY_CHANGES = Table(
+    "core", "directory_changes",
+    "Append-only log of what changed between consecutive published syncs of a connection, keyed on Google's "
+    "immutable ids (a rename is `user.updated`). A sync that publishes nothing appends nothing; the first sync "
+    "of a connection reports everything as created or granted, with `initial` true.",
+    key=("connection_id", "sync_id", "event", "user_id", "group_id", "role"),
+    columns=(
+        _connection_id(),
+        _id("sync_id", "The sync (Dagster run id) that published the change; joins core.sync_log."),
+        Column("changed_at", TIMESTAMP, "TIMESTAMPTZ",
+               "When that sync was published (= core.sync_log.published_at). Google changed it between the "
+               "previous sync and this time."),
+        Column("event", pl.Utf8, "VARCHAR", "One of: " + ", ".join(f"`{e}`" for e in EVENTS) + ".",
+               checks=(pa.Check.isin(EVENTS),)),
+        Column("user_id", pl.Utf8, "VARCHAR", "The user (user.*, membership.*, role.*); else NULL.", nullable=True),
+        _email("user_email", "The user's primary email (the new one after a rename, the last one for "
+                             "user.deleted); else NULL.", nullable=True),
+        Column("group_id", pl.Utf8, "VARCHAR", "The group (group.*, membership.*); else NULL.", nullable=True),
+        _email("group_email", "The group's email; else NULL.", nullable=True),
+        Column("role", pl.Utf8, "VARCHAR", "The application role (role.*); else NULL.", nullable=True),
+        Column("initial", pl.Boolean, "BOOLEAN",
+               "True for the events of a connection's first sync (the whole directory appears at once)."),
+        _json_column("before", "JSON object of the changed attributes before the change (every attribute for "
+                        "*.deleted / removed / revoked); NULL for *.created / added / granted."),
+        _json_column("after", "JSON object of the changed attributes after the change (every attribute for "
+                       "*.created / added / granted); NULL for *.deleted / removed / revoked."),
+    ),
+)
+
+
+def _validity() -> tuple[Column, ...]:
+    return (
+        Column("valid_from", TIMESTAMP, "TIMESTAMPTZ", "Publish time of the sync that first saw this version."),
+        Column("valid_to", TIMESTAMP, "TIMESTAMPTZ",
+               "Publish time of the sync that saw it end or change; NULL while current. Half-open: the version "
+               "held at T when valid_from <= T < valid_to.", nullable=True),
+        Column("held_since", TIMESTAMP, "TIMESTAMPTZ",
+               "Start of the unbroken period the key has been held, carried across versions (an email rename "
+               "or a new granting group opens a version but does not reset it)."),
+        _id("sync_id", "The sync that opened this version."),
+    )
+
+
+ENTITLEMENTS_HISTORY = Table(
+    "core", "entitlements_history",
+    "SCD type 2 over core.role_mapped_entitlements: one row per version of a (user, role) grant. A version "
+    "ends when the grant is revoked or its primary_email or granted_via change.",
+    key=("connection_id", "user_id", "role", "valid_from"),
+    columns=(
+        *_user("The user's primary email during this version."),
+        _role(),
+        Column("granted_via", pl.List(pl.Utf8), "VARCHAR[]", "Selected groups that gave the role during this version."),
+        *_validity(),
+    ),
+)
+
+MEMBERSHIPS_HISTORY = Table(
+    "core", "memberships_history",
+    "SCD type 2 over core.filtered_memberships: one row per version of a (user, selected group) membership. "
+    "A version ends when the membership ends or its emails or is_direct change.",
+    key=("connection_id", "user_id", "group_id", "valid_from"),
+    columns=(
+        *_user("The user's primary email during this version."),
+        _id("group_id", "The selected group."),
+        _email("group_email", "The selected group's email during this version."),
+        Column("is_direct", pl.Boolean, "BOOLEAN", "Direct member of the selected group during this version."),
+        *_validity(),
+    ),
+)
+
+HISTORY_TABLES = (DIRECTORY_CHANGES, ENTITLEMENTS_HISTORY, MEMBERSHIPS_HISTORY)
+
+
+def contract_markdown(tables: tuple[Table, ...] = (*SYNC_TABLES, SYNC_LOG, *HISTORY_TABLES)) -> str:
     """docs/tables.md's table reference, generated so the documentation cannot drift from the code."""
     lines: list[str] = []
     for table in tables:

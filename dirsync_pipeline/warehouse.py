@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
-from dirsync_pipeline.tables import SYNC_LOG, SYNC_TABLES, Table
+from dirsync_pipeline.config import default_parquet_dir
+from dirsync_pipeline.publication import Publication
+from dirsync_pipeline.tables import DIRECTORY_CHANGES, HISTORY_TABLES, SYNC_LOG, SYNC_LOG_COUNTED, SYNC_TABLES, Table
 
 STAGING_SCHEMA = "staging"
 
@@ -26,8 +27,9 @@ def staging_name(table: Table) -> str:
 
 
 class Warehouse:
-    def __init__(self, duckdb_path: str | Path):
+    def __init__(self, duckdb_path: str | Path, parquet_dir: str | Path | None = None):
         self.path = Path(duckdb_path)
+        self.parquet_dir = Path(parquet_dir) if parquet_dir else default_parquet_dir(self.path)
 
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -50,7 +52,8 @@ class Warehouse:
         for table in SYNC_TABLES:
             conn.execute(table.ddl())
             conn.execute(table.ddl(staging_name(table)))
-        conn.execute(SYNC_LOG.ddl())
+        for table in (SYNC_LOG, *HISTORY_TABLES):
+            conn.execute(table.ddl())
 
     def stage(self, table: Table, connection_id: str, frame: pl.DataFrame) -> None:
         """Replace the connection's staged rows of ``table`` (atomically; other connections untouched)."""
@@ -65,16 +68,19 @@ class Warehouse:
 
     def _read(self, qualified_name: str, table: Table, connection_id: str | None) -> pl.DataFrame:
         with self.connect() as conn:
-            where, params = ("WHERE connection_id = ?", [connection_id]) if connection_id else ("", [])
-            frame = conn.sql(f"SELECT {', '.join(table.column_names)} FROM {qualified_name} {where}", params=params).pl()
-        return frame.with_columns(pl.col(c.name).cast(c.dtype) for c in table.columns)
+            return table.read(conn, connection_id, source=qualified_name)
 
     def publish(self, connection_id: str, sync_id: str, tables: tuple[Table, ...] = SYNC_TABLES) -> dict[str, int]:
-        """Copy every staged table of the connection to its published table in ONE transaction."""
+        """Copy every staged table of the connection to its published table in ONE transaction.
+
+        The same transaction appends the sync's change events and advances the history; the Parquet set
+        is written before the COMMIT and becomes the current one right after it (publication.py).
+        """
         counts: dict[str, int] = {}
         with self.connect() as conn:
             conn.execute("BEGIN TRANSACTION")
             try:
+                publication = Publication(conn, self.parquet_dir, connection_id, sync_id)
                 for table in tables:
                     conn.execute(f"DELETE FROM {table.qualified_name} WHERE connection_id = ?", [connection_id])
                     conn.execute(
@@ -85,12 +91,14 @@ class Warehouse:
                     counts[table.name] = _count(conn, table.qualified_name, connection_id)
                 conn.execute(
                     f"INSERT INTO {SYNC_LOG.qualified_name} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [connection_id, sync_id, datetime.now(UTC), *(counts[t.name] for t in SYNC_TABLES)],
+                    [connection_id, sync_id, publication.published_at, *(counts[t.name] for t in SYNC_LOG_COUNTED)],
                 )
+                counts[DIRECTORY_CHANGES.name] = publication.record()
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+        publication.activate()
         return counts
 
 

@@ -62,3 +62,22 @@ def test_groups_lists_selection_roles_and_warns_about_unknown_groups(tmp_path):
     assert line.split()[1:] == [str(members), "yes", "developer"]
     assert "sales@acme.test" not in result.stdout
     assert "selected_groups names groups that do not exist (deleted or misspelt): gone@acme.test" in result.stderr
+
+
+def test_unusable_key_file_and_dead_endpoint_fail_with_clear_messages(tmp_path):
+    key = tmp_path / "sa.json"
+    key.write_text("not json at all")
+    key.chmod(0o644)
+    config = write_config(tmp_path, [
+        {"id": "badkey", "api_endpoint": "http://127.0.0.1:9/", "selected_groups": "all",
+         "credentials": {"type": "service_account", "file": str(key), "subject": "admin@acme.test"}},
+        {"id": "dead", "api_endpoint": "http://127.0.0.1:9/", "selected_groups": "all",
+         "retry": {"max_attempts": 2, "max_delay_seconds": 0.1}},
+    ])
+    result = dirsync("sync", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"{key} is readable by other users" in result.stderr and f"chmod 600 {key}" in result.stderr
+    assert f"badkey: step raw__google_users failed: {key} is not a usable service account key" in result.stderr
+    assert "dead: step raw__google_users failed: users.list: still failing after 2 attempts" in result.stderr
+    assert "could not reach the API endpoint" in result.stderr
+    assert "not json at all" not in result.stderr

@@ -48,7 +48,7 @@ def test_sync_publishes_exactly_what_the_semantics_define(tmp_path, seed):
         result = run_sync(config)
     assert result.success
     evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == 10 and all(e.passed for e in evaluations)
+    assert len(evaluations) == 12 and all(e.passed for e in evaluations)
 
     db = tmp_path / "dirsync.duckdb"
     memberships = {(u, g, d, a) for _c, u, _e, g, _ge, d, a in published(db, "core.filtered_memberships")}
@@ -118,7 +118,8 @@ def test_materialize_the_asset_graph_with_dagster_materialize(tmp_path, emulator
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert materialized == {"raw/google_users", "raw/google_groups", "raw/google_group_members",
-                            "core/filtered_memberships", "core/role_mapped_entitlements", "published_directory"}
+                            "core/filtered_memberships", "core/role_mapped_entitlements",
+                            "core/entitlement_explanations", "published_directory"}
     users_meta = result.asset_materializations_for_node("raw__google_users")[0].metadata
     assert users_meta["dagster/row_count"].value == 600
     assert users_meta["api_requests.users.list"].value == 2

@@ -6,11 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dirsync_pipeline.cli import emulator, groups, sync
+from dirsync_pipeline.cli import authorize, check, emulator, explain, groups, remap, sync
 from dirsync_pipeline.config import ConfigError
 from dirsync_pipeline.google.errors import DirectoryError
 
-COMMAND_MODULES = (sync, groups, emulator)
+COMMAND_MODULES = (sync, groups, emulator, remap, explain, authorize, check)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

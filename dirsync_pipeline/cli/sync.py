@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+from collections.abc import Callable
 
 import dagster as dg
 import duckdb
@@ -19,23 +21,40 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
     sync = subcommands.add_parser("sync", help="sync now: run the directory_sync job in-process")
     add_config_args(sync)
-    sync.add_argument(
-        "--allow-mass-removal", action="store_true",
-        help="let this sync through the mass-removal breaker on purpose (recorded on the run)",
-    )
+    add_mass_removal_arg(sync)
     sync.set_defaults(command=cmd_sync)
 
     demo = subcommands.add_parser("demo", help="sync the embedded demo directory and print a summary")
     demo.set_defaults(command=cmd_demo)
 
 
+def add_mass_removal_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-mass-removal", action="store_true",
+        help="let this run through the mass-removal breaker on purpose (recorded on the run)",
+    )
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
+    return run_connections(args, "directory_sync", "sync")
+
+
+def run_connections(
+    args: argparse.Namespace, job_name: str, what: str,
+    on_success: Callable[[DirsyncConfig, str], None] | None = None,
+) -> int:
+    """Run ``job_name`` for the selected connection(s) (``--connection``, else every one); exit code 0 or 1."""
     config = load_config(args.config)
     ids = [config.connection(args.connection).id] if args.connection else config.connection_ids
     overrides = mass_removal_override() if args.allow_mass_removal else {}
-    failed = [cid for cid in ids if not run_sync(args.config, cid, **overrides)]
+    failed = []
+    for connection_id in ids:
+        if not run_sync(args.config, connection_id, job_name=job_name, **overrides):
+            failed.append(connection_id)
+        elif on_success:
+            on_success(config, connection_id)
     if failed:
-        print(f"dirsync: sync failed for {failed}; the last published data is unchanged", file=sys.stderr)
+        print(f"dirsync: {what} failed for {failed}; the last published data is unchanged", file=sys.stderr)
         return 1
     return 0
 
@@ -57,11 +76,14 @@ def mass_removal_override() -> dict[str, dict]:
     }
 
 
-def run_sync(config_path: str | None, connection_id: str, run_config: dict | None = None, tags: dict | None = None) -> bool:
-    """Run directory_sync for one connection; print the actionable failure messages when it fails."""
+def run_sync(
+    config_path: str | None, connection_id: str, run_config: dict | None = None, tags: dict | None = None,
+    job_name: str = "directory_sync",
+) -> bool:
+    """Run ``job_name`` for one connection; print the actionable failure messages when it fails."""
     from dirsync_pipeline.definitions import build_definitions  # import late: builds the code location
 
-    job = build_definitions(config_path).resolve_job_def("directory_sync")
+    job = build_definitions(config_path).resolve_job_def(job_name)
     with _instance() as instance:
         result = job.execute_in_process(
             partition_key=connection_id, instance=instance, raise_on_error=False,
@@ -81,6 +103,9 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
 
 
+CLASS_PREFIX = re.compile(r"^[\w.]+: ")
+
+
 def failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
     messages = [
         f"check {e.asset_key.to_user_string()}:{e.check_name} failed ({e.metadata['failures'].value} failures)"
@@ -90,7 +115,9 @@ def failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
         if event.is_step_failure:
             error = event.step_failure_data.error
             cause = error.cause or error
-            messages.append(f"step {event.step_key} failed: {cause.message.strip()}")
+            # "package.module.SomeError: what to do" -> "what to do": the class path helps no operator
+            explanation = CLASS_PREFIX.sub("", cause.message.strip())
+            messages.append(f"step {event.step_key} failed: {explanation}")
     return messages or ["the run failed; see the Dagster run log"]
 
 

@@ -59,6 +59,12 @@ class FaultPlan:
     token_error: str | None = None
     non_admin_subjects: set[str] = field(default_factory=set)
     api_disabled: bool = False
+    # The Admin console's domain-wide-delegation entry: the scopes a service account may ask for.
+    # None = any scope; an empty set = no entry yet (or one still propagating).
+    delegated_scopes: frozenset[str] | None = None
+    # The consent screen: scopes the admin leaves ticked (None = every requested scope), and who signs in.
+    consent_scopes: frozenset[str] | None = None
+    consent_account: str | None = None
     repeat_page_token_on: str | None = None
     drop_fraction: float = 0.0
     drop_members_fraction: float = 0.0  # share of members.list rows silently left out (directMembersCount unchanged)

@@ -156,6 +156,11 @@ class DirectoryEmulator:
     def token_uri(self) -> str:
         return self.url + "token"
 
+    @property
+    def auth_uri(self) -> str:
+        """The consent screen (Google's accounts.google.com/o/oauth2/auth), approved at once."""
+        return self.url + "o/oauth2/auth"
+
     # ----- knobs and observations ----------------------------------------------------
 
     @property

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from . import fields
-from .auth import Grant, TokenIssuer
+from .auth import CONSENT_PATH, Grant, TokenIssuer
 from .batch import handle_batch
 from .directory import Directory
 from .endpoints import Endpoints
@@ -33,6 +33,7 @@ _SCHEMAS = {
 API_ENDPOINTS = tuple(_SCHEMAS)
 COUNTED_ENDPOINTS = (*API_ENDPOINTS, "token", "batch")
 _API_ROOT = ["admin", "directory", "v1"]
+STATS_PATH = "/_emulator/stats"  # not Google's: lets a benchmark in another process read the counters
 _LOG_SIZE = 10_000
 
 RequestLogEntry = tuple[str, str, dict[str, str]]
@@ -40,7 +41,7 @@ RequestLogEntry = tuple[str, str, dict[str, str]]
 
 @dataclass(frozen=True)
 class Route:
-    endpoint: str  # an API endpoint name, "token", "batch" or "unknown"
+    endpoint: str  # an API endpoint name, "token", "consent", "batch", "stats" or "unknown"
     key: str = ""  # the userKey or groupKey path parameter
 
 
@@ -51,6 +52,10 @@ def route(request: Request) -> Route:
         if segments == ["token"]:
             return Route("token")
         return Route("batch") if segments[:1] == ["batch"] else Route("unknown")
+    if request.method == "GET" and request.path == STATS_PATH:
+        return Route("stats")
+    if request.method == "GET" and request.path == CONSENT_PATH:
+        return Route("consent")
     if request.method != "GET" or segments[:3] != _API_ROOT:
         return Route("unknown")
     match segments[3:]:
@@ -112,6 +117,10 @@ class DirectoryService:
         with self._lock:
             return list(self._log)
 
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Requests received per endpoint and faults injected per kind (429s included)."""
+        return {"requests": self.request_counts(), "faults": self.faults.injected}
+
     def reset_counts(self) -> None:
         with self._lock:
             self._counts.clear()
@@ -122,6 +131,8 @@ class DirectoryService:
     def handle(self, request: Request) -> Response:
         """One HTTP request: the token endpoint, a batch, or a single API call."""
         target = route(request)
+        if target.endpoint == "stats":
+            return Response.json(200, self.stats())
         if target.endpoint in COUNTED_ENDPOINTS and target.endpoint != "token" and self.faults.latency_ms > 0:
             time.sleep(self.faults.latency_ms / 1000)
         if target.endpoint == "batch":
@@ -137,6 +148,8 @@ class DirectoryService:
         self._count(request, target.endpoint)
         if target.endpoint == "token":
             return self.tokens.handle(request, self.faults)
+        if target.endpoint == "consent":
+            return self.tokens.consent(request, self.faults)
         try:
             if target.endpoint == "unknown":
                 raise ApiError(404, "notFound", "Not Found")
@@ -161,7 +174,7 @@ class DirectoryService:
         grant = self.tokens.grant_for(authorization)
         if self.require_auth and grant is None:
             raise invalid_credentials() if authorization else login_required()
-        refusal = _refusal(grant, faults)
+        refusal = _refusal(grant, faults) or _scope_refusal(grant, target)
         if refusal is not None:
             faults.record(str(refusal.status))
             raise refusal
@@ -188,6 +201,14 @@ class DirectoryService:
                 return endpoints.groups_get(target.key)
             case _:
                 return endpoints.members_list(target.key, query, faults)
+
+
+def _scope_refusal(grant: Grant | None, target: Route) -> ApiError | None:
+    """A token whose scopes do not cover the method: consent or delegation granted too little."""
+    if grant is None or grant.allows(target.endpoint):
+        return None
+    return ApiError(403, "insufficientPermissions", "Request had insufficient authentication scopes.",
+                    detail_message="Insufficient Permission")
 
 
 def _refusal(grant: Grant | None, faults: FaultPlan) -> ApiError | None:

@@ -31,6 +31,11 @@ def build_credentials(config: CredentialsConfig) -> Credentials:
     if config.type == "adc":
         return _application_default(config.subject)
     assert config.file is not None  # guaranteed by CredentialsConfig
+    if config.type == "authorized_user" and not config.file.exists():
+        raise AuthorizationError(
+            f"no authorized-user token at {config.file} yet: an admin of the Workspace must run "
+            "`dirsync authorize --connection <id> --client-secrets <client.json>` once"
+        )
     warn_if_readable_by_others(config.file)
     try:
         if config.type == "service_account":
@@ -71,10 +76,15 @@ def _application_default(subject: str | None) -> Credentials:
     return credentials
 
 
+def loose_permissions(path: Path) -> int | None:
+    """The file's mode when group or others may access it (a key file must be 0600), else None."""
+    mode = path.stat().st_mode & 0o777
+    return mode if mode & (stat.S_IRWXG | stat.S_IRWXO) else None
+
+
 def warn_if_readable_by_others(path: Path) -> bool:
     """Key files hold secrets: warn (do not fail) when group or others may read them."""
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("credentials file %s is readable by other users (mode %o); run: chmod 600 %s", path, mode & 0o777, path)
-        return True
-    return False
+    mode = loose_permissions(path)
+    if mode is not None:
+        log.warning("credentials file %s is readable by other users (mode %o); run: chmod 600 %s", path, mode, path)
+    return mode is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -80,6 +81,9 @@ class DirectoryClient:
             "admin", "directory_v1", credentials=credentials, static_discovery=True,
             cache_discovery=False, client_options=client_options,
         )
+        # Building a resource re-creates all its methods from discovery (~1 ms of CPU): once per client,
+        # not once per request, or the CPU of 10,000 members.list calls dwarfs the API's own latency.
+        self._users, self._groups, self._members = self._service.users(), self._service.groups(), self._service.members()
         self._credentials = credentials
         self._customer = customer
         self._subject = subject
@@ -93,16 +97,14 @@ class DirectoryClient:
 
     def fetch_users(self) -> pl.DataFrame:
         """Every non-deleted user of the customer (all domains)."""
-        request = self._service.users().list(
-            customer=self._customer, maxResults=USERS_PAGE_SIZE, orderBy="email", fields=USER_FIELDS
-        )
-        pages = self._pages(request, "users.list", "users", self._service.users().list_next)
+        request = self._users.list(customer=self._customer, maxResults=USERS_PAGE_SIZE, orderBy="email", fields=USER_FIELDS)
+        pages = self._pages(request, "users.list", "users", self._users.list_next)
         return rows_to_frame((user_row(u) for page in pages for u in page), USER_SCHEMA)
 
     def fetch_groups(self) -> pl.DataFrame:
         """Every group of the customer, so an admin can choose which to sync."""
-        request = self._service.groups().list(customer=self._customer, maxResults=GROUPS_PAGE_SIZE, fields=GROUP_FIELDS)
-        pages = self._pages(request, "groups.list", "groups", self._service.groups().list_next)
+        request = self._groups.list(customer=self._customer, maxResults=GROUPS_PAGE_SIZE, fields=GROUP_FIELDS)
+        pages = self._pages(request, "groups.list", "groups", self._groups.list_next)
         return rows_to_frame((group_row(g) for page in pages for g in page), GROUP_SCHEMA)
 
     def fetch_members(
@@ -112,16 +114,22 @@ class DirectoryClient:
 
         Groups are fetched concurrently as they are discovered; each group is fetched once, so cycles
         and diamonds cost nothing extra. A group deleted since ``groups.list`` (404) is skipped and
-        reported rather than failing the sync.
+        reported rather than failing the sync. At most twice ``max_concurrency`` groups are in flight:
+        enough to keep every worker busy, while ``wait`` (linear in the futures it watches) stays cheap
+        for 10,000 groups.
         """
         rows: list[tuple] = []
         fetched: list[str] = []
         missing: list[str] = []
-        seen = set(group_ids)
+        queued = deque(dict.fromkeys(group_ids))
+        seen = set(queued)
         with ThreadPoolExecutor(self._max_concurrency, thread_name_prefix="members") as pool:
-            pending: dict[Future, str] = {pool.submit(self._group_members, g): g for g in seen}
+            pending: dict[Future, str] = {}
             try:
-                while pending:
+                while queued or pending:
+                    while queued and len(pending) < 2 * self._max_concurrency:
+                        group_id = queued.popleft()
+                        pending[pool.submit(self._group_members, group_id)] = group_id
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
                         group_id = pending.pop(future)
@@ -134,7 +142,7 @@ class DirectoryClient:
                         rows.extend(edges)
                         for nested in {e[1] for e in edges if e[3] == "GROUP"} - seen:
                             seen.add(nested)
-                            pending[pool.submit(self._group_members, nested)] = nested
+                            queued.append(nested)
                     if on_progress:
                         on_progress(len(fetched) + len(missing), len(seen))
             except BaseException:
@@ -173,12 +181,12 @@ class DirectoryClient:
         return compared.height
 
     def _current_member_count(self, group_id: str) -> int:
-        request = self._service.groups().get(groupKey=group_id, fields="id,email,directMembersCount")
+        request = self._groups.get(groupKey=group_id, fields="id,email,directMembersCount")
         return group_row(self._execute(request, "groups.get", group=group_id))[GROUP_COUNT_FIELD]
 
     def _group_members(self, group_id: str) -> list[tuple]:
-        request = self._service.members().list(groupKey=group_id, maxResults=MEMBERS_PAGE_SIZE, fields=MEMBER_FIELDS)
-        pages = self._pages(request, "members.list", "members", self._service.members().list_next, group=group_id)
+        request = self._members.list(groupKey=group_id, maxResults=MEMBERS_PAGE_SIZE, fields=MEMBER_FIELDS)
+        pages = self._pages(request, "members.list", "members", self._members.list_next, group=group_id)
         return [member_row(group_id, m) for page in pages for m in page]
 
     # -- paging, execution, errors -------------------------------------------------------------

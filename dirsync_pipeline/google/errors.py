@@ -86,7 +86,13 @@ def explain_http_error(error: HttpError, *, request: str, subject: str | None) -
             "Enable admin.googleapis.com in that project (APIs & Services > Library > Admin SDK API), wait a "
             "few minutes, and sync again."
         )
-    if info.status == 403 and info.reason in ("forbidden", "domainCannotUseApis", "insufficientPermissions"):
+    if info.status == 403 and info.reason == "insufficientPermissions":
+        return AuthorizationError(
+            f"{request}: the access token lacks a scope this call needs (403 insufficientPermissions). Grant "
+            f"both {SCOPES_HELP}: in the domain-wide delegation entry, or by running `dirsync authorize` again "
+            "and leaving every permission ticked. `dirsync check` names the missing scope."
+        )
+    if info.status == 403 and info.reason in ("forbidden", "domainCannotUseApis"):
         return AuthorizationError(
             f"{request}: Google answered 403 'Not Authorized to access this resource/api': {who} is not a "
             "Google Workspace admin with directory read rights (or no `subject` is set for a service "

@@ -66,7 +66,9 @@ def group_row(group: object) -> GroupRow:
     try:
         direct_members = int(count)  # Google sends int64 as a JSON string
     except (TypeError, ValueError):
-        raise MalformedResponseError(f"groups.list group {obj.get('id')!r}: directMembersCount {count!r} is not a number") from None
+        direct_members = -1
+    if isinstance(count, bool) or not 0 <= direct_members < 2**63:
+        raise MalformedResponseError(f"groups.list group {obj.get('id')!r}: directMembersCount {count!r} is not a count")
     return (
         _required_str(obj, "id", "groups.list group"),
         _required_str(obj, "email", "groups.list group").lower(),

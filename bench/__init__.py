@@ -1,0 +1,1 @@
+"""dirsync's benchmark: the real pipeline against the emulator at enterprise scale (bench/RESULTS.md)."""

@@ -1,0 +1,42 @@
+"""Run dirsync's benchmark: `.venv/bin/python bench/run.py [--scenarios S1,S2,S3,demo] [--small]`.
+
+Prints the figures and a PASS/FAIL line per target of issue 5, writes them to bench/RESULTS.md (full
+size only, unless --results names a file), and exits 1 when a judged target fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script: make `bench`, `tests` and `dirsync_pipeline` importable
+
+from bench.report import console, markdown  # noqa: E402
+from bench.scenarios import FULL, SCENARIOS, SMALL, run_scenarios  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, from {', '.join(SCENARIOS)}")
+    parser.add_argument("--small", action="store_true", help="CI size: correctness and request counts, timings not judged")
+    parser.add_argument("--results", type=Path, help="markdown file to write (default: bench/RESULTS.md at full size)")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    outcome = run_scenarios(names, SMALL if args.small else FULL)
+    print(console(outcome))
+    results = args.results or (None if args.small else REPO / "bench" / "RESULTS.md")
+    if results:
+        command = " ".join([".venv/bin/python bench/run.py", *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
+        results.write_text(markdown(outcome, command))
+        print(f"\nwritten to {results}")
+    return 1 if any(t.passed is False for t in outcome.targets) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

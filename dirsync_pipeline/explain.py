@@ -1,0 +1,141 @@
+"""Why a user holds a role: the rule that applied and the membership paths behind it (pure polars).
+
+For each entitlement, ``explain_entitlements`` names the rule (a mapped group, or the default role),
+the selected groups it rests on, the paths from each of those groups down to the user through nested
+groups, and, under ``highest_priority``, the roles this one outranked.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from dirsync_pipeline.tables import ENTITLEMENT_EXPLANATIONS, EVERY_USER, PATHS_PER_GROUP
+from dirsync_pipeline.transforms import DIRECTORY_USER_TYPES, role_mapped_entitlements
+
+PATH_SEPARATOR = " > "
+
+
+def explain_entitlements(
+    entitlements: pl.DataFrame,
+    memberships: pl.DataFrame,
+    edges: pl.DataFrame,
+    groups: pl.DataFrame,
+    role_mapping: pl.DataFrame,
+    *,
+    default_role: str | None,
+    role_priority: list[str] | None,
+) -> pl.DataFrame:
+    """Rows for core.entitlement_explanations, one per row of ``entitlements``.
+
+    ``role_mapping`` is the (group_id, role) frame the entitlements were computed with.
+    """
+    active = memberships.filter(pl.col("user_active"))
+    mapped = pl.col("granted_via").list.len() > 0
+    explained = (
+        entitlements.join(_outranked(entitlements, active, role_mapping, default_role, role_priority),
+                          on=["user_id", "role"], how="left")
+        .join(active.group_by("user_id").agg(pl.col("group_email").unique().sort().alias("member_of")),
+              on="user_id", how="left")
+        .with_columns(
+            rule=pl.when(mapped).then(pl.lit("role_mapping")).otherwise(pl.lit("default_role")),
+            via_groups=pl.when(mapped).then("granted_via").otherwise("member_of"),
+            outranked=pl.col("outranked").fill_null(pl.lit([], dtype=pl.List(pl.Utf8))),
+        )
+    )
+    paths = membership_paths(edges, groups, active.filter(pl.col("user_id").is_in(entitlements["user_id"].implode())))
+    path_lists = (
+        explained.select("user_id", "role", pl.col("via_groups").alias("group_email")).explode("group_email")
+        .join(paths, on=["user_id", "group_email"])
+        .sort("group_email", "depth", "path")
+        .group_by("user_id", "role", maintain_order=True).agg("path")
+    )
+    return (
+        explained.join(path_lists, on=["user_id", "role"], how="left")
+        .with_columns(paths=pl.col("path").fill_null(pl.lit([], dtype=pl.List(pl.Utf8))))
+        .select(ENTITLEMENT_EXPLANATIONS.column_names)
+        .sort("primary_email", "role")
+    )
+
+
+def membership_paths(edges: pl.DataFrame, groups: pl.DataFrame, memberships: pl.DataFrame) -> pl.DataFrame:
+    """(user_id, group_email, depth, path) for the shortest ways each membership reaches its user.
+
+    Breadth-first from each selected group: a nested group is recorded at the depth it is first
+    reached (so cycles end), with at most PATHS_PER_GROUP chains per (selected group, nested group).
+    """
+    emails = dict(zip(groups["group_id"].to_list(), groups["email"].to_list(), strict=True))
+    nested = (edges.filter(pl.col("member_type") == "GROUP")
+              .select("group_id", pl.col("member_id").alias("child_id")).unique())
+    roots = memberships.select(pl.col("group_id").unique())
+    reached = roots.select(pl.col("group_id").alias("root_id"), "group_id", pl.concat_list("group_id").alias("chain"))
+    frontier = reached
+    while frontier.height:
+        step = (
+            frontier.join(nested, on="group_id")
+            .select("root_id", pl.col("child_id").alias("group_id"), pl.col("chain").list.concat(pl.col("child_id")))
+            .join(reached.select("root_id", "group_id"), on=["root_id", "group_id"], how="anti")
+            .group_by("root_id", "group_id", maintain_order=True).head(PATHS_PER_GROUP)
+        )
+        reached, frontier = pl.concat([reached, step]), step
+    users = memberships.select("user_id", "primary_email", pl.col("group_id").alias("root_id"))
+    people = (edges.filter(pl.col("member_type").is_in(DIRECTORY_USER_TYPES))
+              .select("group_id", pl.col("member_id").alias("user_id")))
+    customers = edges.filter(pl.col("member_type") == "CUSTOMER").select("group_id").unique()
+    ends = pl.concat([
+        reached.join(people, on="group_id").join(users, on=["root_id", "user_id"])
+        .with_columns(end=pl.col("primary_email")),
+        reached.join(customers, on="group_id").join(users, on="root_id").with_columns(end=pl.lit(EVERY_USER)),
+    ])
+    return (
+        ends.select(
+            "user_id",
+            pl.col("root_id").replace(emails).alias("group_email"),
+            pl.col("chain").list.len().alias("depth"),
+            # a nested group that groups.list does not show (another customer's) keeps its id
+            pl.col("chain").list.eval(pl.element().replace(emails)).list.concat(pl.col("end"))
+            .list.join(PATH_SEPARATOR).alias("path"),
+        )
+        .sort("depth", "path")
+        .group_by("user_id", "group_email", maintain_order=True).head(PATHS_PER_GROUP)
+    )
+
+
+def _outranked(
+    entitlements: pl.DataFrame, active: pl.DataFrame, role_mapping: pl.DataFrame,
+    default_role: str | None, role_priority: list[str] | None,
+) -> pl.DataFrame:
+    """(user_id, role, outranked): roles the user qualified for that lost to the role they were given.
+
+    Empty unless role_assignment is ``highest_priority``, which keeps one role per user.
+    """
+    qualified = role_mapped_entitlements(active, role_mapping, default_role=default_role, role_assignment="all",
+                                         role_priority=None)
+    rank = {role: i for i, role in enumerate(role_priority or [])}
+    lost = (
+        qualified.join(entitlements.select("user_id", "role"), on=["user_id", "role"], how="anti")
+        .sort(pl.col("role").replace_strict(rank, default=len(rank), return_dtype=pl.Int64), "role")
+        .group_by("user_id", maintain_order=True).agg(pl.col("role").alias("outranked"))
+    )
+    return entitlements.select("user_id", "role").join(lost, on="user_id")
+
+
+def describe_rule(explanation: dict) -> str:
+    """One line saying which rule gave a role, for a row of core.entitlement_explanations."""
+    groups = ", ".join(explanation["via_groups"])
+    if explanation["rule"] == "default_role":
+        text = f"default_role: member of {groups}, none of which is mapped to a role"
+    else:
+        text = f"role_mapping: {groups} -> {explanation['role']}"
+    if explanation["outranked"]:
+        text += f"; highest_priority: outranked {', '.join(explanation['outranked'])}"
+    return text
+
+
+def no_role_reason(user: dict, memberships: pl.DataFrame) -> str:
+    """Why a directory user holds no role, from their raw.google_users row and filtered memberships."""
+    if user["archived"] or user["suspended"]:
+        return f"{'archived' if user['archived'] else 'suspended'}: suspended and archived users hold no role"
+    if memberships.is_empty():
+        return "not a member of any selected group (directly, through nested groups or as a customer member)"
+    return (f"member of {', '.join(sorted(memberships['group_email'].to_list()))}, but none of them is mapped "
+            "to a role and there is no default_role")

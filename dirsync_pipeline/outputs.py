@@ -1,0 +1,134 @@
+"""Parquet outputs: one immutable file set per published sync, and a manifest naming the current one.
+
+Layout (hive-partitioned by connection)::
+
+    <parquet_dir>/connection_id=<id>/manifest.json          <- the current set; replaced atomically
+    <parquet_dir>/connection_id=<id>/sync-<sync_id>/*.parquet + manifest.json
+
+A set is written completely under a temporary name, renamed into place, and only then named by the
+connection's manifest (``os.replace``), so a reader that resolves the manifest once never sees half a
+set and never waits for a lock. The sets double as the raw snapshots that replay (``dirsync remap``)
+recomputes from without calling Google.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from dirsync_pipeline.tables import (
+    DIRECTORY_CHANGES,
+    ENTITLEMENT_EXPLANATIONS,
+    FILTERED_MEMBERSHIPS,
+    GOOGLE_GROUP_MEMBERS,
+    GOOGLE_GROUPS,
+    GOOGLE_USERS,
+    ROLE_MAPPED_ENTITLEMENTS,
+    SCHEMA_VERSION,
+    Table,
+)
+
+MANIFEST = "manifest.json"
+# File name (without .parquet) -> the published table it holds. `changes` holds only the sync's own events.
+OUTPUT_FILES: dict[str, Table] = {
+    "users": GOOGLE_USERS,
+    "groups": GOOGLE_GROUPS,
+    "group_members": GOOGLE_GROUP_MEMBERS,
+    "memberships": FILTERED_MEMBERSHIPS,
+    "entitlements": ROLE_MAPPED_ENTITLEMENTS,
+    "explanations": ENTITLEMENT_EXPLANATIONS,
+    "changes": DIRECTORY_CHANGES,
+}
+
+
+class SnapshotMissingError(Exception):
+    """The Parquet set of a published sync is not on disk (deleted, or parquet_dir changed)."""
+
+
+def connection_dir(parquet_dir: Path, connection_id: str) -> Path:
+    return parquet_dir / f"connection_id={connection_id}"
+
+
+def version_dir(parquet_dir: Path, connection_id: str, sync_id: str) -> Path:
+    return connection_dir(parquet_dir, connection_id) / f"sync-{sync_id}"
+
+
+@dataclass(frozen=True)
+class PendingVersion:
+    """A complete file set on disk that readers cannot see until ``activate`` names it in the manifest."""
+
+    directory: Path
+    manifest: dict
+
+    def activate(self) -> None:
+        _write_atomically(self.directory.parent / MANIFEST, json.dumps(self.manifest, indent=2))
+
+
+def write_version(
+    conn: duckdb.DuckDBPyConnection, parquet_dir: Path, connection_id: str, sync_id: str, published_at: datetime
+) -> PendingVersion:
+    """Write the connection's tables as ``conn`` sees them (inside the publish transaction) as a new set."""
+    final = version_dir(parquet_dir, connection_id, sync_id)
+    partial = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    files = {}
+    for name, table in OUTPUT_FILES.items():
+        query = (f"SELECT {', '.join(table.column_names)} FROM {table.qualified_name} "
+                 f"WHERE connection_id = {_sql(connection_id)}")
+        if table is DIRECTORY_CHANGES:
+            query += f" AND sync_id = {_sql(sync_id)}"
+        target = _sql(str(partial / f"{name}.parquet"))
+        rows = conn.execute(f"COPY ({query}) TO {target} (FORMAT parquet)").fetchall()[0][0]
+        files[name] = {"path": f"{final.name}/{name}.parquet", "rows": rows, "table": table.qualified_name}
+    manifest = {"schema_version": SCHEMA_VERSION, "connection_id": connection_id, "sync_id": sync_id,
+                "published_at": published_at.isoformat(), "files": files}
+    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    shutil.rmtree(final, ignore_errors=True)  # a re-executed publish of the same run replaces its own set
+    partial.rename(final)
+    return PendingVersion(final, manifest)
+
+
+def current_manifest(parquet_dir: Path, connection_id: str) -> dict | None:
+    """The manifest of the connection's current file set, or None before its first published sync."""
+    path = connection_dir(parquet_dir, connection_id) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def current_files(parquet_dir: Path, name: str) -> list[Path]:
+    """The current file ``name`` (e.g. ``entitlements``) of every connection, for one consistent read each."""
+    manifests = (json.loads(p.read_text()) for p in sorted(parquet_dir.glob(f"connection_id=*/{MANIFEST}")))
+    return [connection_dir(parquet_dir, m["connection_id"]) / m["files"][name]["path"] for m in manifests]
+
+
+def read_snapshot(parquet_dir: Path, connection_id: str, sync_id: str, table: Table) -> pl.DataFrame:
+    """``table`` as the published sync ``sync_id`` left it, from its Parquet set."""
+    name = next(n for n, t in OUTPUT_FILES.items() if t is table)
+    path = version_dir(parquet_dir, connection_id, sync_id) / f"{name}.parquet"
+    if not path.is_file():
+        raise SnapshotMissingError(
+            f"the Parquet snapshot of sync {sync_id} ({path}) is missing; run a full sync (directory_sync) "
+            f"of connection {connection_id} to take a new one"
+        )
+    return table.typed(pl.read_parquet(path))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def _sql(value: str) -> str:
+    """A SQL string literal (COPY takes no parameters)."""
+    return "'" + value.replace("'", "''") + "'"

@@ -1,0 +1,212 @@
+"""Change events, SCD2 history and explanations as pure functions of published states (no Dagster)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import polars as pl
+
+from dirsync_pipeline.changes import DirectoryState, directory_changes
+from dirsync_pipeline.explain import describe_rule, explain_entitlements, membership_paths
+from dirsync_pipeline.history import ENTITLEMENTS, advance_history
+from dirsync_pipeline.tables import (
+    DIRECTORY_CHANGES,
+    ENTITLEMENT_EXPLANATIONS,
+    ENTITLEMENTS_HISTORY,
+    EVERY_USER,
+    FILTERED_MEMBERSHIPS,
+    GOOGLE_GROUPS,
+    GOOGLE_USERS,
+    ROLE_MAPPED_ENTITLEMENTS,
+    Table,
+)
+from dirsync_pipeline.transforms import filtered_memberships, resolve_role_mapping, role_mapped_entitlements
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def frame(table: Table, rows: list[dict], defaults: dict) -> pl.DataFrame:
+    return pl.DataFrame([{**defaults, **row} for row in rows], schema={c.name: c.dtype for c in table.columns})
+
+
+def users(*rows: dict) -> pl.DataFrame:
+    return frame(GOOGLE_USERS, [{"primary_email": f"{r['user_id']}@corp.com", **r} for r in rows], {
+        "connection_id": "c1", "given_name": "G", "family_name": "F", "full_name": "G F", "is_admin": False,
+        "suspended": False, "archived": False, "org_unit_path": "/", "creation_time": T0, "last_login_time": None,
+        "aliases": [], "synced_at": T0})
+
+
+def groups(*group_ids: str) -> pl.DataFrame:
+    return frame(GOOGLE_GROUPS, [{"group_id": g, "email": f"{g}@corp.com"} for g in group_ids], {
+        "connection_id": "c1", "name": "N", "description": "", "direct_members_count": 1, "admin_created": True,
+        "synced_at": T0})
+
+
+def memberships(*pairs: tuple[str, str]) -> pl.DataFrame:
+    return frame(FILTERED_MEMBERSHIPS, [
+        {"user_id": u, "primary_email": f"{u}@corp.com", "group_id": g, "group_email": f"{g}@corp.com"} for u, g in pairs
+    ], {"connection_id": "c1", "is_direct": True, "user_active": True})
+
+
+def entitlements(*rows: tuple[str, str, list[str]]) -> pl.DataFrame:
+    return frame(ROLE_MAPPED_ENTITLEMENTS, [
+        {"user_id": u, "primary_email": f"{u}@corp.com", "role": r, "granted_via": via} for u, r, via in rows
+    ], {"connection_id": "c1"})
+
+
+def state(users_: pl.DataFrame, groups_: pl.DataFrame, memberships_: pl.DataFrame, entitlements_: pl.DataFrame
+          ) -> DirectoryState:
+    return DirectoryState(users_, groups_, memberships_, entitlements_)
+
+
+def changes(previous: DirectoryState | None, current: DirectoryState) -> pl.DataFrame:
+    events = directory_changes(previous or DirectoryState.empty(), current, connection_id="c1", sync_id="s2",
+                               changed_at=T0, initial=previous is None)
+    DIRECTORY_CHANGES.pandera_schema().validate(events)
+    return events
+
+
+def summary(events: pl.DataFrame) -> list[tuple]:
+    """(event, user_id, group_id, role, before, after) with the JSON parsed, sorted, for exact comparisons."""
+    rows = [(e, u, g, r, json.loads(b) if b else None, json.loads(a) if a else None)
+            for e, u, g, r, b, a in events.select("event", "user_id", "group_id", "role", "before", "after").iter_rows()]
+    return sorted(rows, key=repr)
+
+
+def expected(*rows: tuple) -> list[tuple]:
+    return sorted(rows, key=repr)
+
+
+BASE = state(users({"user_id": "alice"}, {"user_id": "bob"}), groups("eng", "ops"),
+             memberships(("alice", "eng"), ("bob", "eng")),
+             entitlements(("alice", "developer", ["eng@corp.com"]), ("bob", "developer", ["eng@corp.com"])))
+
+
+def test_the_first_sync_reports_everything_as_created_or_granted_and_flags_it_initial():
+    events = changes(None, BASE)
+    assert events.group_by("event").len().sort("event").rows() == [
+        ("group.created", 2), ("membership.added", 2), ("role.granted", 2), ("user.created", 2)]
+    assert events["initial"].all() and (events["changed_at"] == T0).all() and (events["sync_id"] == "s2").all()
+    alice = events.filter((pl.col("event") == "user.created") & (pl.col("user_id") == "alice")).row(0, named=True)
+    assert json.loads(alice["after"])["primary_email"] == "alice@corp.com" and alice["before"] is None
+    assert changes(BASE, BASE).is_empty(), "an unchanged directory emits nothing"
+
+
+def test_a_rename_is_one_user_updated_event_keyed_on_the_immutable_id():
+    renamed = users({"user_id": "alice", "primary_email": "alice.smith@corp.com", "aliases": ["alice@corp.com"]},
+                    {"user_id": "bob"})
+    after = state(renamed, BASE.groups, BASE.memberships.with_columns(
+        primary_email=pl.when(pl.col("user_id") == "alice").then(pl.lit("alice.smith@corp.com")).otherwise("primary_email")),
+        BASE.entitlements)
+    events = changes(BASE, after)
+    assert summary(events) == expected(("user.updated", "alice", None, None,
+                                        {"primary_email": "alice@corp.com", "aliases": []},
+                                        {"primary_email": "alice.smith@corp.com", "aliases": ["alice@corp.com"]}))
+    assert events["user_email"].to_list() == ["alice.smith@corp.com"] and not events["initial"].any()
+
+
+def test_status_changes_are_single_events_and_noise_is_not_a_change():
+    def with_users(*rows: dict) -> DirectoryState:
+        return state(users(*rows), BASE.groups, BASE.memberships, BASE.entitlements)
+
+    suspended = with_users({"user_id": "alice", "suspended": True},
+                           {"user_id": "bob", "last_login_time": T0, "synced_at": T0 + timedelta(hours=1)})
+    archived = with_users({"user_id": "alice", "suspended": True, "archived": True}, {"user_id": "bob"})
+    assert summary(changes(BASE, suspended)) == expected(
+        ("user.suspended", "alice", None, None, {"status": "active"}, {"status": "suspended"}))
+    assert changes(suspended, archived)["event"].to_list() == ["user.archived"]
+    assert changes(archived, BASE)["event"].to_list() == ["user.reactivated"]
+    reordered = with_users({"user_id": "alice", "aliases": ["b@corp.com", "a@corp.com"]}, {"user_id": "bob"})
+    assert changes(with_users({"user_id": "alice", "aliases": ["a@corp.com", "b@corp.com"]}, {"user_id": "bob"}),
+                   reordered).is_empty(), "alias order carries no meaning"
+
+
+def test_deletions_moves_and_group_changes_each_have_their_event():
+    after = state(
+        users({"user_id": "bob"}, {"user_id": "carol"}),
+        groups("eng", "sre").with_columns(name=pl.when(pl.col("group_id") == "eng").then(pl.lit("Engineering")).otherwise("name")),
+        memberships(("bob", "ops"), ("carol", "eng")),
+        entitlements(("carol", "developer", ["eng@corp.com"])),
+    )
+    assert summary(changes(BASE, after)) == expected(
+        ("user.deleted", "alice", None, None, {"primary_email": "alice@corp.com", "given_name": "G", "family_name": "F",
+                                               "full_name": "G F", "is_admin": False, "org_unit_path": "/",
+                                               "aliases": [], "status": "active"}, None),
+        ("user.created", "carol", None, None, None, {"primary_email": "carol@corp.com", "given_name": "G",
+                                                     "family_name": "F", "full_name": "G F", "is_admin": False,
+                                                     "org_unit_path": "/", "aliases": [], "status": "active"}),
+        ("group.updated", None, "eng", None, {"name": "N"}, {"name": "Engineering"}),
+        ("group.deleted", None, "ops", None, {"email": "ops@corp.com", "name": "N", "description": "", "admin_created": True}, None),
+        ("group.created", None, "sre", None, None, {"email": "sre@corp.com", "name": "N", "description": "", "admin_created": True}),
+        ("membership.removed", "alice", "eng", None, {"is_direct": True}, None),
+        ("membership.removed", "bob", "eng", None, {"is_direct": True}, None),
+        ("membership.added", "bob", "ops", None, None, {"is_direct": True}),
+        ("membership.added", "carol", "eng", None, None, {"is_direct": True}),
+        ("role.revoked", "alice", None, "developer", {"granted_via": ["eng@corp.com"]}, None),
+        ("role.revoked", "bob", None, "developer", {"granted_via": ["eng@corp.com"]}, None),
+        ("role.granted", "carol", None, "developer", None, {"granted_via": ["eng@corp.com"]}),
+    )
+
+
+def test_history_versions_answer_point_in_time_questions():
+    t1, t2, t3 = T0, T0 + timedelta(hours=1), T0 + timedelta(hours=2)
+    v1 = entitlements(("alice", "admin", ["admins@corp.com"]))
+    v2 = entitlements(("alice", "admin", ["admins@corp.com", "root@corp.com"]), ("bob", "admin", ["admins@corp.com"]))
+    v3 = entitlements(("bob", "admin", ["admins@corp.com"]))
+    rows = pl.DataFrame(schema={c.name: c.dtype for c in ENTITLEMENTS_HISTORY.columns})
+    closed = []
+    for at, current in ((t1, v1), (t2, v2), (t3, v3)):
+        rows = advance_history(ENTITLEMENTS, rows, current, connection_id="c1", sync_id=str(at), at=at)
+        ENTITLEMENTS_HISTORY.pandera_schema().validate(pl.concat([*closed, rows]))
+        closed.append(rows.filter(pl.col("valid_to").is_not_null()))
+        rows = rows.filter(pl.col("valid_to").is_null())
+    history = pl.concat([*closed, rows])
+
+    conn = duckdb.connect()
+    conn.register("history", history)
+
+    def holders(at: datetime) -> list[str]:
+        return [u for (u,) in conn.execute("SELECT user_id FROM history WHERE role = 'admin' AND valid_from <= $at "
+                                           "AND (valid_to IS NULL OR $at < valid_to) ORDER BY user_id", {"at": at}).fetchall()]
+
+    assert (holders(t1), holders(t1 + timedelta(minutes=30)), holders(t2), holders(t3)) == (
+        ["alice"], ["alice"], ["alice", "bob"], ["bob"])
+    alice = history.filter(pl.col("user_id") == "alice").sort("valid_from")
+    assert alice.select("valid_from", "valid_to", "held_since").rows() == [(t1, t2, t1), (t2, t3, t1)], \
+        "a new granting group opens a version but the grant is held since t1"
+    assert history.filter(pl.col("valid_to").is_null())["user_id"].to_list() == ["bob"]
+
+
+def test_explanations_name_nested_paths_the_default_rule_and_what_a_priority_winner_beat():
+    people = users({"user_id": "ann"}, {"user_id": "ben"}, {"user_id": "cat"}).select("user_id", "primary_email", "suspended", "archived")
+    group_rows = groups("admins", "core", "eng", "all", "loop")
+    edges = pl.DataFrame([
+        ("admins", "core", "GROUP"), ("core", "loop", "GROUP"), ("loop", "core", "GROUP"), ("core", "ann", "USER"),
+        ("eng", "ann", "USER"), ("eng", "ben", "USER"), ("all", "C01", "CUSTOMER"),
+    ], schema=["group_id", "member_id", "member_type"], orient="row")
+    member_rows, _ = filtered_memberships("c1", people, group_rows, edges, ["admins", "eng", "all"])
+    mapping, _ = resolve_role_mapping(group_rows, {"admins@corp.com": ["admin"], "eng@corp.com": ["developer"]})
+    priority = ["admin", "developer", "member"]
+    granted = role_mapped_entitlements(member_rows, mapping, default_role="member", role_assignment="highest_priority",
+                                       role_priority=priority)
+    explained = explain_entitlements(granted, member_rows, edges, group_rows, mapping, default_role="member",
+                                     role_priority=priority)
+    ENTITLEMENT_EXPLANATIONS.pandera_schema().validate(explained)
+    rows = {r["user_id"]: r for r in explained.iter_rows(named=True)}
+    assert (rows["ann"]["role"], rows["ann"]["rule"], rows["ann"]["outranked"]) == ("admin", "role_mapping", ["developer"])
+    assert rows["ann"]["paths"] == ["admins@corp.com > core@corp.com > ann@corp.com"]
+    assert describe_rule(rows["ann"]) == "role_mapping: admins@corp.com -> admin; highest_priority: outranked developer"
+    assert (rows["ben"]["role"], rows["ben"]["paths"]) == ("developer", ["eng@corp.com > ben@corp.com"])
+    assert (rows["cat"]["role"], rows["cat"]["rule"], rows["cat"]["via_groups"]) == ("member", "default_role", ["all@corp.com"])
+    assert rows["cat"]["paths"] == [f"all@corp.com > {EVERY_USER}"]
+
+
+def test_a_path_through_a_group_groups_list_does_not_show_keeps_its_id():
+    edges = pl.DataFrame([("eng", "other-customer-group", "GROUP"), ("other-customer-group", "ann", "USER")],
+                         schema=["group_id", "member_id", "member_type"], orient="row")
+    member_rows = memberships(("ann", "eng"))
+    paths = membership_paths(edges, groups("eng"), member_rows)
+    assert paths.select("user_id", "group_email", "path").rows() == [
+        ("ann", "eng@corp.com", "eng@corp.com > other-customer-group > ann@corp.com")]
