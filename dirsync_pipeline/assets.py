@@ -42,6 +42,10 @@ OWNERS = ["team:platform"]
 # Synced hourly: an asset older than two hours means a sync was missed or failed, and the UI marks it.
 SYNC_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=2))
 PREVIEW_ROWS = 5
+# Every asset writes the one DuckDB file, which allows a single writer. dagster.yaml gives this pool one slot
+# at run granularity, so a second sync, from any job (Sync Now, the schedule, "Materialize all"), waits in
+# Dagster's run queue until the first one ends.
+WAREHOUSE_POOL = "dirsync_warehouse"
 BREAKER_CHECK = "mass_removal_breaker"
 
 
@@ -90,7 +94,7 @@ def _api_metadata(client: DirectoryClient, started: float) -> dict[str, object]:
 def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     """The pipeline's assets, partitioned by connection id."""
     common = dict(partitions_def=partitions, group_name=GROUP_NAME, owners=OWNERS, io_manager_key="staging_io_manager",
-                  freshness_policy=SYNC_FRESHNESS)
+                  freshness_policy=SYNC_FRESHNESS, pool=WAREHOUSE_POOL)
 
     @dg.asset(key=GOOGLE_USERS.asset_key, description=GOOGLE_USERS.description, kinds={"google", "polars", "duckdb"}, **common)
     def google_users(context: dg.AssetExecutionContext, google: GoogleDirectoryResource) -> dg.Output[pl.DataFrame]:
@@ -202,7 +206,7 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
 
     @dg.asset(
         key="published_directory", partitions_def=partitions, group_name=GROUP_NAME, owners=OWNERS,
-        freshness_policy=SYNC_FRESHNESS,
+        freshness_policy=SYNC_FRESHNESS, pool=WAREHOUSE_POOL,
         deps=[t.asset_key for t in SYNC_TABLES], kinds={"duckdb"},
         check_specs=[dg.AssetCheckSpec(
             BREAKER_CHECK, asset="published_directory", blocking=True,

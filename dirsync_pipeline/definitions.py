@@ -20,11 +20,11 @@ def build_definitions(config_path: str | None = None) -> dg.Definitions:
     duckdb_path = str(config.warehouse.duckdb_path.resolve())
     parquet_dir = str(config.warehouse.parquet_path.resolve())
     partitions = dg.StaticPartitionsDefinition(config.connection_ids)
-    job = build_sync_job(duckdb_path)
+    job = build_sync_job()
     return dg.Definitions(
         assets=build_sync_assets(partitions),
         asset_checks=ASSET_CHECKS,
-        jobs=[job, build_remap_job(duckdb_path)],
+        jobs=[job, build_remap_job()],
         schedules=[build_hourly_schedule(job, config.connection_ids)],
         resources={
             "google": GoogleDirectoryResource(config_path=str(Path(config_path).resolve()) if config_path else None),

@@ -9,28 +9,27 @@ from dirsync_pipeline.assets import GROUP_NAME
 from dirsync_pipeline.tables import GOOGLE_ASSET_KEYS
 
 TRIGGER_TAG = "dirsync/trigger"
-WAREHOUSE_TAG = "dirsync/warehouse"  # dagster.yaml allows one queued run at a time per value
 HOURLY_CRON = "0 * * * *"
 
 
-def build_sync_job(duckdb_path: str) -> dg.UnresolvedAssetJobDefinition:
+def build_sync_job() -> dg.UnresolvedAssetJobDefinition:
     """``directory_sync``: the whole graph for one connection; launching it from the UI is Sync Now."""
     return dg.define_asset_job(
         "directory_sync",
         selection=dg.AssetSelection.groups(GROUP_NAME),
         executor_def=dg.in_process_executor,  # one process: no per-step Python start, one DuckDB writer
-        tags={TRIGGER_TAG: "manual", WAREHOUSE_TAG: duckdb_path},
+        tags={TRIGGER_TAG: "manual"},
         description="Sync one Google Workspace connection end to end (Sync Now). Pick the connection as the partition.",
     )
 
 
-def build_remap_job(duckdb_path: str) -> dg.UnresolvedAssetJobDefinition:
+def build_remap_job() -> dg.UnresolvedAssetJobDefinition:
     """``directory_remap``: recompute memberships, entitlements and their changes without calling Google."""
     return dg.define_asset_job(
         "directory_remap",
         selection=dg.AssetSelection.groups(GROUP_NAME) - dg.AssetSelection.assets(*GOOGLE_ASSET_KEYS),
         executor_def=dg.in_process_executor,
-        tags={TRIGGER_TAG: "manual", WAREHOUSE_TAG: duckdb_path},
+        tags={TRIGGER_TAG: "manual"},
         description="Replay the connection's last published snapshot with the current config (role_mapping, "
                     "default_role, role_assignment): no Google call. Pick the connection as the partition.",
     )

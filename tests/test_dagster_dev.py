@@ -98,11 +98,15 @@ def test_ui_shows_graph_checks_schedule_and_job(dagster_dev):
     assert keys["core/role_mapped_entitlements"]["hasAssetChecks"]
 
 
-def launch_sync_now(url: str) -> dict:
+def launch_sync_now(url: str, *, materialize_all: bool = False) -> dict:
+    """Sync Now for the demo connection: the directory_sync job, or the asset graph's "Materialize all"."""
+    selector = {"repositoryLocationName": "dirsync_pipeline", "repositoryName": "__repository__", "jobName": "directory_sync"}
+    if materialize_all:
+        nodes = graphql(url, "{ assetNodes { assetKey { path } } }")["assetNodes"]
+        selector |= {"jobName": "__ASSET_JOB", "assetSelection": [n["assetKey"] for n in nodes]}
     launched = graphql(url, """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
         __typename ... on LaunchRunSuccess { run { runId tags { key value } } } ... on PythonError { message } } }""",
-        {"p": {"selector": {"repositoryLocationName": "dirsync_pipeline", "repositoryName": "__repository__",
-                            "jobName": "directory_sync"},
+        {"p": {"selector": selector,
                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "demo"}]}}})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     return launched["run"]
@@ -132,10 +136,10 @@ def test_sync_now_from_the_ui_runs_through_the_queue_and_publishes(dagster_dev):
 
 
 def test_two_syncs_of_one_connection_never_write_at_once(dagster_dev):
-    """Scheduled tick + Sync Now: the second run waits in Dagster's run queue (dagster.yaml tag limit)."""
+    """Sync Now + "Materialize all" at once: the second run waits in Dagster's run queue (the warehouse pool)."""
     url, home = dagster_dev
     wait_for_location(url)
-    first, second = launch_sync_now(url), launch_sync_now(url)
+    first, second = launch_sync_now(url), launch_sync_now(url, materialize_all=True)
     runs = sorted(wait_for_runs(url, [first["runId"], second["runId"]], home), key=lambda r: r["startTime"])
     assert [r["status"] for r in runs] == ["SUCCESS", "SUCCESS"], (home / "dagster.log").read_text()[-3000:]
     assert runs[1]["startTime"] >= runs[0]["endTime"], f"the runs overlapped: {runs}"
