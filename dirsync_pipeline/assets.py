@@ -5,7 +5,7 @@ asset checks; ``published_directory`` makes all of a connection's tables visible
 """
 
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -30,6 +30,7 @@ from dirsync_pipeline.tables import (
     SYNC_TABLES,
     Table,
 )
+from dirsync_pipeline.warehouse import Warehouse
 from dirsync_pipeline.transforms import (
     filtered_memberships as expand_memberships,
     resolve_group_keys,
@@ -91,6 +92,36 @@ def _api_metadata(client: DirectoryClient, started: float) -> dict[str, object]:
     return {**client.stats.as_metadata(), "fetch_seconds": round(datetime.now(UTC).timestamp() - started, 3)}
 
 
+def _list_customer(
+    context: dg.AssetExecutionContext, google: GoogleDirectoryResource, fetch: Callable[[DirectoryClient], pl.DataFrame]
+) -> tuple[pl.DataFrame, dict[str, object]]:
+    """One customer-wide listing (users or groups), stamped with the connection and read time."""
+    connection = google.connection(context.partition_key)
+    started = datetime.now(UTC).timestamp()
+    with google.client(connection) as client:
+        frame = fetch(client)
+    context.log.info(f"{connection.id}: {frame.height} rows listed by {fetch.__name__}")
+    return _with_sync_columns(frame, connection.id), _api_metadata(client, started)
+
+
+def _mass_removal_check(
+    connection: ConnectionConfig, store: Warehouse, *, allow: bool
+) -> tuple[dg.AssetCheckResult, str | None, bool]:
+    """The breaker's check result; the refusal message when the sync must not be published; whether overridden."""
+    limits = connection.safeguards
+    removals = staged_removals(store, connection.id)
+    tripped = [r for r in removals if r.exceeds(limits.max_removal_share, limits.max_removal_count)]
+    overridden = bool(tripped) and allow
+    message = breaker_message(tripped, limits.max_removal_share, limits.max_removal_count) if tripped else None
+    result = dg.AssetCheckResult(
+        check_name=BREAKER_CHECK, passed=not tripped or overridden,
+        description=None if overridden else message,  # the Checks tab says how to let an intended removal through
+        metadata={**{f"removed.{r.table}": f"{r.removed} of {r.published} ({r.share:.1%})" for r in removals},
+                  "override_used": overridden, "sample": "\n".join(x for r in tripped for x in r.sample)},
+    )
+    return result, None if overridden else message, overridden
+
+
 def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     """The pipeline's assets, partitioned by connection id."""
     common = dict(partitions_def=partitions, group_name=GROUP_NAME, owners=OWNERS, io_manager_key="staging_io_manager",
@@ -98,24 +129,14 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
 
     @dg.asset(key=GOOGLE_USERS.asset_key, description=GOOGLE_USERS.description, kinds={"google", "polars", "duckdb"}, **common)
     def google_users(context: dg.AssetExecutionContext, google: GoogleDirectoryResource) -> dg.Output[pl.DataFrame]:
-        connection = google.connection(context.partition_key)
-        started = datetime.now(UTC).timestamp()
-        with google.client(connection) as client:
-            users = client.fetch_users()
-        context.log.info(f"{connection.id}: {users.height} users listed")
-        return table_output(
-            GOOGLE_USERS, _with_sync_columns(users, connection.id), **_api_metadata(client, started),
-            suspended_users=users["suspended"].sum(), archived_users=users["archived"].sum(),
-        )
+        users, metadata = _list_customer(context, google, DirectoryClient.fetch_users)
+        return table_output(GOOGLE_USERS, users, **metadata,
+                            suspended_users=users["suspended"].sum(), archived_users=users["archived"].sum())
 
     @dg.asset(key=GOOGLE_GROUPS.asset_key, description=GOOGLE_GROUPS.description, kinds={"google", "polars", "duckdb"}, **common)
     def google_groups(context: dg.AssetExecutionContext, google: GoogleDirectoryResource) -> dg.Output[pl.DataFrame]:
-        connection = google.connection(context.partition_key)
-        started = datetime.now(UTC).timestamp()
-        with google.client(connection) as client:
-            groups = client.fetch_groups()
-        context.log.info(f"{connection.id}: {groups.height} groups listed")
-        return table_output(GOOGLE_GROUPS, _with_sync_columns(groups, connection.id), **_api_metadata(client, started))
+        groups, metadata = _list_customer(context, google, DirectoryClient.fetch_groups)
+        return table_output(GOOGLE_GROUPS, groups, **metadata)
 
     @dg.asset(key=GOOGLE_GROUP_MEMBERS.asset_key, description=GOOGLE_GROUP_MEMBERS.description,
               ins={"groups": dg.AssetIn(GOOGLE_GROUPS.asset_key)}, kinds={"google", "polars", "duckdb"}, **common)
@@ -234,21 +255,12 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
                             "unchanged. Re-run the whole `directory_sync` job for this connection.",
                 metadata={"problems": "\n".join(problems)},
             )
-        limits = connection.safeguards
-        removals = staged_removals(store, connection.id)
-        tripped = [r for r in removals if r.exceeds(limits.max_removal_share, limits.max_removal_count)]
-        overridden = bool(tripped) and config.allow_mass_removal
-        blocked = breaker_message(tripped, limits.max_removal_share, limits.max_removal_count) if tripped else None
-        yield dg.AssetCheckResult(
-            check_name=BREAKER_CHECK, passed=not tripped or overridden,
-            description=None if overridden else blocked,  # the Checks tab says how to let an intended removal through
-            metadata={**{f"removed.{r.table}": f"{r.removed} of {r.published} ({r.share:.1%})" for r in removals},
-                      "override_used": overridden, "sample": "\n".join(s for r in tripped for s in r.sample)},
-        )
-        if tripped and not overridden:
+        breaker, blocked, overridden = _mass_removal_check(connection, store, allow=config.allow_mass_removal)
+        yield breaker
+        if blocked:
             raise dg.Failure(description=blocked)
         if overridden:
-            context.log.warning(f"mass-removal breaker overridden by run config: {[r.describe() for r in tripped]}")
+            context.log.warning("mass-removal breaker overridden by run config (allow_mass_removal)")
         context.log.info(f"{connection.id}: publishing {len(SYNC_TABLES)} tables in one transaction")
         counts = store.publish(connection.id, sync_id=context.run.run_id)
         context.log.info(f"{connection.id}: published {counts}")
