@@ -2,8 +2,9 @@
 
 `dagster dev` on the embedded demo: open the asset graph, launch Sync Now (the `directory_sync` job, demo
 partition) from the job page, watch the run succeed, then open the entitlements asset and read its row
-count, freshness and passing checks, as a person would. Screenshots land in docs/screenshots/ and
-illustrate the README, so they show what the UI looks like today.
+count, freshness and passing checks, as a person would. With DIRSYNC_UPDATE_SCREENSHOTS=1 the screenshots
+land in docs/screenshots/, where they illustrate the README; otherwise in a temporary folder, so a test run
+leaves the work tree untouched.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,8 @@ import pytest
 from tests.test_dagster_dev import dagster_dev, graphql, wait_for_location  # noqa: F401 - dagster_dev is a fixture
 
 REPO = Path(__file__).resolve().parents[1]
-SCREENSHOTS = REPO / "docs" / "screenshots"
+SCREENSHOTS = (REPO / "docs" / "screenshots" if os.environ.get("DIRSYNC_UPDATE_SCREENSHOTS")
+               else Path(tempfile.gettempdir()) / "dirsync-screenshots")
 CHROMIUM = Path(os.environ.get("DIRSYNC_CHROMIUM", "/usr/bin/chromium"))  # Debian's; Playwright cannot download one here
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
