@@ -55,14 +55,31 @@ def test_backoff_is_full_jitter_capped_and_honours_retry_after():
     assert policy.backoff(0, 5.0, rng) >= 5.0
 
 
-def test_rate_limiter_paces_and_adapts():
-    limiter = RateLimiter(50)
-    started = time.monotonic()
+class FakeClock:
+    """Time that moves only when the limiter sleeps: pacing is checked exactly, without timing the test."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_rate_limiter_spaces_calls_evenly_and_adapts():
+    clock = FakeClock()
+    limiter = RateLimiter(50, clock=lambda: clock.now, sleep=clock.sleep)
+    starts = []
     for _ in range(26):
         limiter.acquire()
-    assert 0.45 <= time.monotonic() - started < 0.8  # 25 intervals of 20 ms
+        starts.append(clock.now)
+    gaps = {round(b - a, 9) for a, b in zip(starts, starts[1:])}
+    assert gaps == {0.02}  # exactly 50 per second, no burst
     limiter.throttled()
     assert limiter.qps == 25
+    before = clock.now
+    limiter.acquire()
+    limiter.acquire()
+    assert round(clock.now - before, 9) == round(0.02 + 0.04, 9)  # the halved rate applies at once
     for _ in range(10):
         limiter.succeeded()
     assert limiter.qps == 35  # recovers by 1/50 of the maximum per success

@@ -75,11 +75,15 @@ class ApiStats:
 class RateLimiter:
     """Thread-safe token bucket; ``throttled()`` halves the rate, each success wins a little back."""
 
-    def __init__(self, qps: float | None, *, floor_qps: float = 1.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, qps: float | None, *, floor_qps: float = 1.0,
+        clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+    ):
         self.max_qps = qps
         self.qps = qps
         self.floor_qps = min(floor_qps, qps) if qps else floor_qps
         self._clock = clock
+        self._sleep = sleep
         self._next_slot = clock()
         self._lock = threading.Lock()
 
@@ -93,7 +97,7 @@ class RateLimiter:
             self._next_slot = slot + 1.0 / self.qps
         wait = slot - now
         if wait > 0:
-            time.sleep(wait)
+            self._sleep(wait)
         return wait
 
     def throttled(self) -> None:
