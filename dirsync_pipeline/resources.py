@@ -90,6 +90,9 @@ class StagingIOManager(dg.ConfigurableIOManager):
     duckdb_path: str
     parquet_dir: str | None = None  # None: next to the DuckDB file
 
+    # (run, asset, partition) stages already restored in this run: several steps load the same stage.
+    _restored: set[tuple[str, dg.AssetKey, str]] = PrivateAttr(default_factory=set)
+
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         table = TABLES_BY_ASSET_KEY[context.asset_key]
         Warehouse(self.duckdb_path, self.parquet_dir).stage(table, context.partition_key, obj)
@@ -97,6 +100,9 @@ class StagingIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         table = TABLES_BY_ASSET_KEY[context.asset_key]
         warehouse = Warehouse(self.duckdb_path, self.parquet_dir)
-        if context.asset_key not in materialized_in_run(context.step_context.job_def):
-            return restore_stage(warehouse, table, context.asset_partition_key)
-        return warehouse.read_staged(table, context.asset_partition_key)
+        partition = context.asset_partition_key
+        restore_key = (context.step_context.run_id, context.asset_key, partition)
+        if context.asset_key not in materialized_in_run(context.step_context.job_def) and restore_key not in self._restored:
+            self._restored.add(restore_key)
+            return restore_stage(warehouse, table, partition)
+        return warehouse.read_staged(table, partition)

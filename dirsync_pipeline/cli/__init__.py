@@ -28,8 +28,3 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         module.register(subcommands)
     return parser
-
-
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="config file (default: $DIRSYNC_CONFIG, else the embedded demo)")
-    parser.add_argument("--connection", help="only this connection id (default: every connection)")

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import polars as pl
 
+from dirsync_pipeline.cli.options import add_config_args, selected_connection_ids
 from dirsync_pipeline.config import load_config
 from dirsync_pipeline.explain import describe_rule, no_role_reason
 from dirsync_pipeline.outputs import connection_dir, current_manifest
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
-    from dirsync_pipeline.cli import add_config_args
-
     explain = subcommands.add_parser("explain", help="why a user holds each role: the rule and the group paths")
     explain.add_argument("user", help="primary email, alias or Google user id")
     add_config_args(explain)
@@ -28,7 +27,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    ids = [config.connection(args.connection).id] if args.connection else config.connection_ids
+    ids = selected_connection_ids(config, args)
     found = False
     for connection_id in ids:
         manifest = current_manifest(config.warehouse.parquet_path, connection_id)

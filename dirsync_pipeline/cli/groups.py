@@ -7,14 +7,13 @@ import sys
 
 import polars as pl
 
+from dirsync_pipeline.cli.options import add_config_args, selected_connection_ids
 from dirsync_pipeline.config import ConnectionConfig, load_config
 from dirsync_pipeline.resources import GoogleDirectoryResource
 from dirsync_pipeline.transforms import resolve_group_keys
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
-    from dirsync_pipeline.cli import add_config_args
-
     groups = subcommands.add_parser("groups", help="list the groups an admin can select, with member counts")
     add_config_args(groups)
     groups.add_argument("--search", help="only groups whose email or name contains TEXT")
@@ -24,7 +23,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 def cmd_groups(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     google = GoogleDirectoryResource(config_path=args.config)
-    ids = [config.connection(args.connection).id] if args.connection else config.connection_ids
+    ids = selected_connection_ids(config, args)
     try:
         for connection_id in ids:
             connection = config.connection(connection_id)

@@ -11,14 +11,13 @@ import argparse
 
 import polars as pl
 
+from dirsync_pipeline.cli.options import add_config_args
 from dirsync_pipeline.cli.sync import add_mass_removal_arg, run_connections
 from dirsync_pipeline.config import DirsyncConfig
 from dirsync_pipeline.outputs import connection_dir, current_manifest
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
-    from dirsync_pipeline.cli import add_config_args
-
     remap = subcommands.add_parser(
         "remap", help="recompute roles from the last published snapshot with the current config (no Google call)")
     add_config_args(remap)

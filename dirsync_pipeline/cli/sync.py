@@ -11,14 +11,13 @@ from collections.abc import Callable
 import dagster as dg
 import duckdb
 
+from dirsync_pipeline.cli.options import add_config_args, selected_connection_ids
 from dirsync_pipeline.config import CONFIG_ENV_VAR, DirsyncConfig, load_config
 from dirsync_pipeline.jobs import TRIGGER_TAG
 from dirsync_pipeline.tables import SYNC_TABLES
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
-    from dirsync_pipeline.cli import add_config_args
-
     sync = subcommands.add_parser("sync", help="sync now: run the directory_sync job in-process")
     add_config_args(sync)
     add_mass_removal_arg(sync)
@@ -45,7 +44,7 @@ def run_connections(
 ) -> int:
     """Run ``job_name`` for the selected connection(s) (``--connection``, else every one); exit code 0 or 1."""
     config = load_config(args.config)
-    ids = [config.connection(args.connection).id] if args.connection else config.connection_ids
+    ids = selected_connection_ids(config, args)
     overrides = mass_removal_override() if args.allow_mass_removal else {}
     failed = []
     for connection_id in ids:
