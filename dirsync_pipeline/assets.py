@@ -5,13 +5,14 @@ asset checks; ``published_directory`` makes all of a connection's tables visible
 """
 
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import polars as pl
 
-from dirsync_pipeline.checks import publish_gate_failures
+from dirsync_pipeline.checks import publish_gate_failures, stage_check_results, stage_check_specs
 from dirsync_pipeline.config import ConnectionConfig
 from dirsync_pipeline.explain import explain_entitlements
 from dirsync_pipeline.google.client import DirectoryClient
@@ -48,6 +49,7 @@ PREVIEW_ROWS = 5
 # Dagster's run queue until the first one ends.
 WAREHOUSE_POOL = "dirsync_warehouse"
 BREAKER_CHECK = "mass_removal_breaker"
+FETCH_STEP = "google_directory"  # the one step that calls Google: users, groups and members
 
 
 class PublishConfig(dg.Config):
@@ -64,13 +66,16 @@ def selected_group_ids(connection: ConnectionConfig, groups: pl.DataFrame) -> tu
     return resolution.group_ids, resolution.unknown_keys
 
 
-def table_output(table: Table, frame: pl.DataFrame, **metadata: object) -> dg.Output[pl.DataFrame]:
+def table_output(
+    table: Table, frame: pl.DataFrame, *, output_name: str = "result", **metadata: object
+) -> dg.Output[pl.DataFrame]:
     """The frame with the metadata an operator wants: row count, column schema, a preview."""
     with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
                    fmt_str_lengths=40, tbl_cols=-1):
         preview = str(frame.head(PREVIEW_ROWS))
     return dg.Output(
         frame,
+        output_name=output_name,
         metadata={
             "dagster/row_count": frame.height,
             "dagster/column_schema": table.dagster_column_schema(),
@@ -90,18 +95,6 @@ def _with_sync_columns(frame: pl.DataFrame, connection_id: str, *, synced_at: bo
 
 def _api_metadata(client: DirectoryClient, started: float) -> dict[str, object]:
     return {**client.stats.as_metadata(), "fetch_seconds": round(datetime.now(UTC).timestamp() - started, 3)}
-
-
-def _list_customer(
-    context: dg.AssetExecutionContext, google: GoogleDirectoryResource, fetch: Callable[[DirectoryClient], pl.DataFrame]
-) -> tuple[pl.DataFrame, dict[str, object]]:
-    """One customer-wide listing (users or groups), stamped with the connection and read time."""
-    connection = google.connection(context.partition_key)
-    started = datetime.now(UTC).timestamp()
-    with google.client(connection) as client:
-        frame = fetch(client)
-    context.log.info(f"{connection.id}: {frame.height} rows listed by {fetch.__name__}")
-    return _with_sync_columns(frame, connection.id), _api_metadata(client, started)
 
 
 def _mass_removal_check(
@@ -127,66 +120,79 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
     common = dict(partitions_def=partitions, group_name=GROUP_NAME, owners=OWNERS, io_manager_key="staging_io_manager",
                   freshness_policy=SYNC_FRESHNESS, pool=WAREHOUSE_POOL)
 
-    @dg.asset(key=GOOGLE_USERS.asset_key, description=GOOGLE_USERS.description, kinds={"google", "polars", "duckdb"}, **common)
-    def google_users(context: dg.AssetExecutionContext, google: GoogleDirectoryResource) -> dg.Output[pl.DataFrame]:
-        users, metadata = _list_customer(context, google, DirectoryClient.fetch_users)
-        return table_output(GOOGLE_USERS, users, **metadata,
-                            suspended_users=users["suspended"].sum(), archived_users=users["archived"].sum())
+    def google_out(table: Table) -> dg.AssetOut:
+        return dg.AssetOut(key=table.asset_key, description=table.description, kinds={"google", "polars", "duckdb"},
+                           io_manager_key="staging_io_manager", group_name=GROUP_NAME, owners=OWNERS,
+                           freshness_policy=SYNC_FRESHNESS)
 
-    @dg.asset(key=GOOGLE_GROUPS.asset_key, description=GOOGLE_GROUPS.description, kinds={"google", "polars", "duckdb"}, **common)
-    def google_groups(context: dg.AssetExecutionContext, google: GoogleDirectoryResource) -> dg.Output[pl.DataFrame]:
-        groups, metadata = _list_customer(context, google, DirectoryClient.fetch_groups)
-        return table_output(GOOGLE_GROUPS, groups, **metadata)
-
-    @dg.asset(key=GOOGLE_GROUP_MEMBERS.asset_key, description=GOOGLE_GROUP_MEMBERS.description,
-              ins={"groups": dg.AssetIn(GOOGLE_GROUPS.asset_key)}, kinds={"google", "polars", "duckdb"}, **common)
-    def google_group_members(
-        context: dg.AssetExecutionContext, google: GoogleDirectoryResource, groups: pl.DataFrame
-    ) -> dg.Output[pl.DataFrame]:
+    @dg.multi_asset(
+        name=FETCH_STEP, partitions_def=partitions, pool=WAREHOUSE_POOL,
+        outs={t.name: google_out(t) for t in (GOOGLE_USERS, GOOGLE_GROUPS, GOOGLE_GROUP_MEMBERS)},
+        check_specs=stage_check_specs(GOOGLE_USERS, GOOGLE_GROUPS, GOOGLE_GROUP_MEMBERS),
+        internal_asset_deps={GOOGLE_USERS.name: set(), GOOGLE_GROUPS.name: set(),
+                             GOOGLE_GROUP_MEMBERS.name: {GOOGLE_GROUPS.asset_key}},
+        description="Reads the directory from Google. users.list pages one after another (each needs the previous "
+                    "page's token), so they run alongside groups.list and members.list, under the same rate limiter.",
+    )
+    def google_directory(
+        context: dg.AssetExecutionContext, google: GoogleDirectoryResource
+    ) -> Iterator[dg.Output | dg.AssetCheckResult]:
         connection = google.connection(context.partition_key)
-        selected, unknown = selected_group_ids(connection, groups)
-        if unknown:
-            context.log.warning(f"{connection.id}: selected groups not found in the directory: {unknown}")
         started = datetime.now(UTC).timestamp()
-
-        with google.client(connection) as client:
+        with google.client(connection) as client, ThreadPoolExecutor(1, thread_name_prefix="users") as background:
+            users_listing = background.submit(client.fetch_users)
+            groups = _with_sync_columns(client.fetch_groups(), connection.id)
+            yield table_output(GOOGLE_GROUPS, groups, output_name=GOOGLE_GROUPS.name)
+            selected, unknown = selected_group_ids(connection, groups)
+            if unknown:
+                context.log.warning(f"{connection.id}: selected groups not found in the directory: {unknown}")
             fetched = client.fetch_members(selected, on_progress=FetchProgress(context.log.info, client.stats))
             recounted = client.verify_member_counts(fetched, groups)
+            users = _with_sync_columns(users_listing.result(), connection.id)
         if fetched.missing_group_ids:
             context.log.warning(f"groups deleted during the sync, skipped: {fetched.missing_group_ids}")
-        return table_output(
-            GOOGLE_GROUP_MEMBERS, _with_sync_columns(fetched.edges, connection.id, synced_at=False),
+        context.log.info(f"{connection.id}: listed {users.height} users, {groups.height} groups, "
+                         f"{fetched.edges.height} member edges")
+        yield table_output(GOOGLE_USERS, users, output_name=GOOGLE_USERS.name,
+                           suspended_users=users["suspended"].sum(), archived_users=users["archived"].sum())
+        edges = _with_sync_columns(fetched.edges, connection.id, synced_at=False)
+        yield table_output(
+            GOOGLE_GROUP_MEMBERS, edges, output_name=GOOGLE_GROUP_MEMBERS.name,
             **_api_metadata(client, started), selected_groups=len(selected), fetched_groups=len(fetched.fetched_group_ids),
             unknown_selected_groups=", ".join(unknown) or "none",
             groups_deleted_during_sync=", ".join(fetched.missing_group_ids) or "none",
             member_counts_verified=len(fetched.fetched_group_ids), member_counts_recounted=recounted,
         )
+        for table, frame in ((GOOGLE_USERS, users), (GOOGLE_GROUPS, groups), (GOOGLE_GROUP_MEMBERS, edges)):
+            yield from stage_check_results(table, frame, {GOOGLE_GROUPS: groups})
 
     @dg.asset(key=FILTERED_MEMBERSHIPS.asset_key, description=FILTERED_MEMBERSHIPS.description, kinds={"polars", "duckdb"},
               ins={"users": dg.AssetIn(GOOGLE_USERS.asset_key), "groups": dg.AssetIn(GOOGLE_GROUPS.asset_key),
-                   "edges": dg.AssetIn(GOOGLE_GROUP_MEMBERS.asset_key)}, **common)
+                   "edges": dg.AssetIn(GOOGLE_GROUP_MEMBERS.asset_key)},
+              check_specs=stage_check_specs(FILTERED_MEMBERSHIPS), **common)
     def filtered_memberships(
         context: dg.AssetExecutionContext, google: GoogleDirectoryResource,
         users: pl.DataFrame, groups: pl.DataFrame, edges: pl.DataFrame,
-    ) -> dg.Output[pl.DataFrame]:
+    ) -> Iterator[dg.Output | dg.AssetCheckResult]:
         connection = google.connection(context.partition_key)
         selected, _unknown = selected_group_ids(connection, groups)
         if GOOGLE_GROUP_MEMBERS.asset_key not in materialized_in_run(context.job_def):
             require_members_in_snapshot(groups, edges, selected)  # replay: the snapshot must cover the selection
         memberships, stats = expand_memberships(connection.id, users, groups, edges, selected)
-        return table_output(
+        yield table_output(
             FILTERED_MEMBERSHIPS, memberships,
             members_outside_directory=stats.outside_members, selected_groups=stats.selected_groups,
             groups_including_nested=stats.expanded_groups, distinct_users=memberships["user_id"].n_unique(),
         )
+        yield from stage_check_results(FILTERED_MEMBERSHIPS, memberships, {GOOGLE_USERS: users, GOOGLE_GROUPS: groups})
 
     @dg.asset(key=ROLE_MAPPED_ENTITLEMENTS.asset_key, description=ROLE_MAPPED_ENTITLEMENTS.description,
               kinds={"polars", "duckdb"},
               ins={"memberships": dg.AssetIn(FILTERED_MEMBERSHIPS.asset_key), "groups": dg.AssetIn(GOOGLE_GROUPS.asset_key)},
-              **common)
+              check_specs=stage_check_specs(ROLE_MAPPED_ENTITLEMENTS), **common)
     def role_mapped_entitlements(
         context: dg.AssetExecutionContext, google: GoogleDirectoryResource, memberships: pl.DataFrame, groups: pl.DataFrame
-    ) -> dg.Output[pl.DataFrame]:
+    ) -> Iterator[dg.Output | dg.AssetCheckResult]:
         connection = google.connection(context.partition_key)
         mapping, unknown = resolve_role_mapping(groups, connection.mapped_roles())
         if unknown:
@@ -196,34 +202,36 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
             role_assignment=connection.role_assignment, role_priority=connection.role_priority,
         )
         per_role = entitlements.group_by("role").len().sort("role")
-        return table_output(
+        yield table_output(
             ROLE_MAPPED_ENTITLEMENTS, entitlements,
             users_with_roles=entitlements["user_id"].n_unique(),
             **{f"role.{r}": n for r, n in per_role.iter_rows()},
             unknown_mapped_groups=", ".join(unknown) or "none",
         )
+        yield from stage_check_results(ROLE_MAPPED_ENTITLEMENTS, entitlements, {FILTERED_MEMBERSHIPS: memberships})
 
     @dg.asset(key=ENTITLEMENT_EXPLANATIONS.asset_key, description=ENTITLEMENT_EXPLANATIONS.description,
               kinds={"polars", "duckdb"},
               ins={"entitlements": dg.AssetIn(ROLE_MAPPED_ENTITLEMENTS.asset_key),
                    "memberships": dg.AssetIn(FILTERED_MEMBERSHIPS.asset_key),
                    "edges": dg.AssetIn(GOOGLE_GROUP_MEMBERS.asset_key), "groups": dg.AssetIn(GOOGLE_GROUPS.asset_key)},
-              **common)
+              check_specs=stage_check_specs(ENTITLEMENT_EXPLANATIONS), **common)
     def entitlement_explanations(
         context: dg.AssetExecutionContext, google: GoogleDirectoryResource, entitlements: pl.DataFrame,
         memberships: pl.DataFrame, edges: pl.DataFrame, groups: pl.DataFrame,
-    ) -> dg.Output[pl.DataFrame]:
+    ) -> Iterator[dg.Output | dg.AssetCheckResult]:
         connection = google.connection(context.partition_key)
         mapping, _unknown = resolve_role_mapping(groups, connection.mapped_roles())
         explanations = explain_entitlements(
             entitlements, memberships, edges, groups, mapping,
             default_role=connection.default_role, role_priority=connection.role_priority,
         )
-        return table_output(
+        yield table_output(
             ENTITLEMENT_EXPLANATIONS, explanations,
             **{f"rule.{r}": n for r, n in explanations.group_by("rule").len().sort("rule").iter_rows()},
             outranking_grants=explanations.filter(pl.col("outranked").list.len() > 0).height,
         )
+        yield from stage_check_results(ENTITLEMENT_EXPLANATIONS, explanations, {ROLE_MAPPED_ENTITLEMENTS: entitlements})
 
     @dg.asset(
         key="published_directory", partitions_def=partitions, group_name=GROUP_NAME, owners=OWNERS,
@@ -270,5 +278,5 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
             | sync_report_metadata(context, store, connection.id)
         )
 
-    return [google_users, google_groups, google_group_members, filtered_memberships, role_mapped_entitlements,
+    return [google_directory, filtered_memberships, role_mapped_entitlements,
             entitlement_explanations, published_directory]

@@ -1,7 +1,7 @@
 """Validation of every stage: the table contract (pandera) and referential integrity.
 
-The same functions serve two purposes: Dagster asset checks that show each stage's result, with a
-sample of failing rows, in the UI; and the publish gate, which re-validates everything staged for a
+The same functions serve two purposes: blocking Dagster asset checks, run by the step that produces a
+stage, that show its result with a sample of failing rows in the UI; and the publish gate, which re-validates everything staged for a
 connection right before it becomes visible, so nothing unchecked is ever published.
 """
 
@@ -59,7 +59,7 @@ class Outcome:
     failures: int
     sample: pl.DataFrame | None = None
 
-    def check_result(self, action: str, **metadata: object) -> dg.AssetCheckResult:
+    def check_result(self, table: Table, check_name: str, action: str, **metadata: object) -> dg.AssetCheckResult:
         """The result for the UI; a failure carries ``action``, what the operator should do about it."""
         shown = {"failures": self.failures, **metadata}
         if self.sample is not None and self.sample.height:
@@ -68,7 +68,8 @@ class Outcome:
                 shown["failing_rows_sample"] = dg.MetadataValue.md(str(self.sample.head(SAMPLE_ROWS)))
         if not self.passed:
             shown["what_to_do"] = action
-        return dg.AssetCheckResult(passed=self.passed, metadata=shown, description=None if self.passed else action)
+        return dg.AssetCheckResult(asset_key=table.asset_key, check_name=check_name, passed=self.passed, metadata=shown,
+                                   description=None if self.passed else action)
 
 
 def validate_contract(table: Table, frame: pl.DataFrame) -> Outcome:
@@ -98,42 +99,37 @@ def publish_gate_failures(warehouse: Warehouse, connection_id: str) -> list[str]
     return problems
 
 
-def _partition(context: dg.AssetCheckExecutionContext) -> str:
-    return context.run.tags["dagster/partition"]
+CONTRACT_CHECK = "matches_contract"
 
 
-def contract_check(table: Table) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset=table.asset_key, name="matches_contract", blocking=True, required_resource_keys={"warehouse"},
-        description=f"pandera: {table.qualified_name} has the documented columns, types, constraints and a unique key "
-                    f"({', '.join(table.key)}).",
-    )
-    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        frame = context.resources.warehouse.warehouse.read_staged(table, _partition(context))
-        action = (f"{table.qualified_name} does not match its contract, so nothing was published and the last good data "
-                  "is kept. failing_rows_sample shows the offending values: if Google sent an unusual answer, run Sync "
-                  "Now again; if it repeats, the contract in tables.py needs the new shape.")
-        return validate_contract(table, frame).check_result(action, rows=frame.height)
+def stage_check_specs(*tables: Table) -> list[dg.AssetCheckSpec]:
+    """The blocking checks of the stages one step produces: each table's contract and its references.
 
-    return _check
-
-
-def reference_check(reference: Reference) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset=reference.child.asset_key, name=reference.name, blocking=True, required_resource_keys={"warehouse"},
-        additional_deps=[reference.parent.asset_key], description=reference.description,
-    )
-    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        warehouse = context.resources.warehouse.warehouse
-        partition = _partition(context)
-        child = warehouse.read_staged(reference.child, partition)
-        parent = warehouse.read_staged(reference.parent, partition)
-        action = (f"{reference.child.qualified_name} has rows without a match in {reference.parent.qualified_name} "
-                  "(failing_rows_sample): the directory most likely changed during the sync. Nothing was published; run "
-                  "Sync Now again. If it repeats, the sample names the rows to investigate.")
-        return validate_reference(reference, child, parent).check_result(action)
-
-    return _check
+    They run inside the step, on the frame it just staged (no second read from DuckDB, no extra step);
+    a failure fails the step after staging, so nothing downstream runs and nothing is published.
+    """
+    contracts = [
+        dg.AssetCheckSpec(CONTRACT_CHECK, asset=t.asset_key, blocking=True,
+                          description=f"pandera: {t.qualified_name} has the documented columns, types, constraints and "
+                                      f"a unique key ({', '.join(t.key)}).")
+        for t in tables
+    ]
+    references = [dg.AssetCheckSpec(r.name, asset=r.child.asset_key, blocking=True, description=r.description)
+                  for r in REFERENCES if r.child in tables]
+    return contracts + references
 
 
-ASSET_CHECKS = [contract_check(t) for t in SYNC_TABLES] + [reference_check(r) for r in REFERENCES]
+def stage_check_results(table: Table, frame: pl.DataFrame, parents: dict[Table, pl.DataFrame]) -> list[dg.AssetCheckResult]:
+    """Run ``table``'s contract and reference checks (as declared by ``stage_check_specs``) on its frame."""
+    action = (f"{table.qualified_name} does not match its contract, so nothing was published and the last good data "
+              "is kept. failing_rows_sample shows the offending values: if Google sent an unusual answer, run Sync "
+              "Now again; if it repeats, the contract in tables.py needs the new shape.")
+    results = [validate_contract(table, frame).check_result(table, CONTRACT_CHECK, action, rows=frame.height)]
+    for reference in (r for r in REFERENCES if r.child is table):
+        action = (f"{table.qualified_name} has rows without a match in {reference.parent.qualified_name} "
+                  "(failing_rows_sample): the directory most likely changed during the sync. Nothing was published; "
+                  "run Sync Now again. If it repeats, the sample names the rows to investigate.")
+        outcome = validate_reference(reference, frame, parents[reference.parent])
+        results.append(outcome.check_result(table, reference.name, action))
+    return results
+

@@ -7,7 +7,6 @@ from pathlib import Path
 import dagster as dg
 
 from dirsync_pipeline.assets import build_sync_assets
-from dirsync_pipeline.checks import ASSET_CHECKS
 from dirsync_pipeline.config import CONFIG_ENV_VAR, load_config
 from dirsync_pipeline.jobs import build_hourly_schedule, build_remap_job, build_sync_job
 from dirsync_pipeline.resources import GoogleDirectoryResource, StagingIOManager, WarehouseResource
@@ -23,7 +22,6 @@ def build_definitions(config_path: str | None = None) -> dg.Definitions:
     job = build_sync_job()
     return dg.Definitions(
         assets=build_sync_assets(partitions),
-        asset_checks=ASSET_CHECKS,
         jobs=[job, build_remap_job()],
         schedules=[build_hourly_schedule(job, config.connection_ids)],
         resources={

@@ -22,7 +22,7 @@ from dirsync_pipeline.definitions import build_definitions
 from dirsync_pipeline.emulator import DirectoryEmulator, ScriptedFault, generate_directory
 from dirsync_pipeline.google.retry import ApiStats
 from dirsync_pipeline.progress import FetchProgress
-from dirsync_pipeline.tables import EVENTS
+from dirsync_pipeline.tables import EVENTS, GOOGLE_USERS
 from tests.conftest import write_config
 
 API_ENDPOINTS = ("users.list", "groups.list", "members.list", "groups.get", "users.get")
@@ -137,6 +137,7 @@ def test_failed_checks_tell_the_operator_what_to_do(tmp_path):
 
 
 def test_a_failed_validation_check_carries_its_action():
-    failed = Outcome(False, 1, pl.DataFrame({"user_id": ["u1"]})).check_result("run Sync Now again")
+    failed = Outcome(False, 1, pl.DataFrame({"user_id": ["u1"]})).check_result(GOOGLE_USERS, "c", "run Sync Now again")
     assert failed.description == "run Sync Now again" and failed.metadata["what_to_do"].value == "run Sync Now again"
-    assert Outcome(True, 0).check_result("run Sync Now again").description is None
+    assert (failed.asset_key, failed.check_name) == (GOOGLE_USERS.asset_key, "c")
+    assert Outcome(True, 0).check_result(GOOGLE_USERS, "c", "run Sync Now again").description is None

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dirsync_pipeline.google.errors import MalformedResponseError
-from dirsync_pipeline.google.records import GROUP_SCHEMA, MEMBER_SCHEMA, USER_SCHEMA, group_row, member_row, rows_to_frame, user_row
+from dirsync_pipeline.google.records import (
+    GROUP_SCHEMA,
+    MEMBER_SCHEMA,
+    USER_SCHEMA,
+    FrameBatches,
+    group_row,
+    member_row,
+    pages_to_frame,
+    user_row,
+)
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
@@ -34,7 +44,7 @@ corruptions = st.sampled_from(["id", "primaryEmail", "name", "isAdmin", "suspend
 @settings(max_examples=300, deadline=None)
 @given(valid_users)
 def test_every_documented_user_shape_parses_to_a_typed_row(user):
-    frame = rows_to_frame([user_row(user)], USER_SCHEMA)
+    frame = pages_to_frame([[user]], user_row, USER_SCHEMA)
     assert frame.height == 1 and frame["user_id"][0] == user["id"]
     assert frame["primary_email"][0] == user["primaryEmail"].lower()
     assert frame["suspended"][0] == user.get("suspended", False)
@@ -50,7 +60,7 @@ def test_a_corrupted_user_is_a_clear_error_never_a_crash_or_a_silent_row(user, f
         assert str(exc)  # names what is wrong
         return
     # accepted: then the junk must have the type Google documents for that field
-    rows_to_frame([row], USER_SCHEMA)
+    pages_to_frame([[row]], tuple, USER_SCHEMA)
     documented = {
         "id": lambda v: isinstance(v, str) and v, "primaryEmail": lambda v: isinstance(v, str) and v,
         "name": lambda v: v is None or isinstance(v, dict), "isAdmin": lambda v: isinstance(v, bool),
@@ -79,13 +89,13 @@ def test_direct_members_count_must_be_a_number(group):
     except MalformedResponseError:
         return
     assert row[4] == int(group["directMembersCount"])
-    rows_to_frame([row], GROUP_SCHEMA)
+    pages_to_frame([[row]], tuple, GROUP_SCHEMA)
 
 
 @pytest.mark.parametrize("member_type", ["USER", "GROUP", "CUSTOMER", "EXTERNAL"])
 def test_known_member_types_parse_and_customer_has_no_email(member_type):
     row = member_row("g1", {"id": "x1", "email": "A@B.test", "type": member_type})
-    frame = rows_to_frame([row], MEMBER_SCHEMA)
+    frame = pages_to_frame([[row]], tuple, MEMBER_SCHEMA)
     assert frame["member_email"][0] == (None if member_type == "CUSTOMER" else "a@b.test")
     assert frame["role"][0] == "MEMBER"  # a missing role defaults like GAM does
     assert frame["status"][0] is None
@@ -95,3 +105,13 @@ def test_known_member_types_parse_and_customer_has_no_email(member_type):
 def test_unknown_member_types_are_refused(member_type):
     with pytest.raises(MalformedResponseError, match="member type"):
         member_row("g1", {"id": "x1", "type": member_type})
+
+
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=5), st.integers(0, 10**6)), max_size=40), st.integers(1, 7))
+def test_rows_streamed_in_batches_make_the_same_frame_in_the_same_order(rows, batch_rows):
+    schema = {"name": pl.Utf8, "count": pl.Int64}
+    batches = FrameBatches(schema, batch_rows=batch_rows)
+    for start in range(0, len(rows), 3):  # pages of 3 rows, batches of another size
+        batches.extend(rows[start:start + 3])
+    frame = batches.frame()
+    assert frame.schema == schema and frame.rows() == rows

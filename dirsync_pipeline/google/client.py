@@ -36,7 +36,8 @@ from dirsync_pipeline.google.records import (
     USER_SCHEMA,
     group_row,
     member_row,
-    rows_to_frame,
+    FrameBatches,
+    pages_to_frame,
     user_row,
 )
 from dirsync_pipeline.google.retry import ApiStats, RateLimiter, RetryPolicy, call_with_retry
@@ -99,13 +100,13 @@ class DirectoryClient:
         """Every non-deleted user of the customer (all domains)."""
         request = self._users.list(customer=self._customer, maxResults=USERS_PAGE_SIZE, orderBy="email", fields=USER_FIELDS)
         pages = self._pages(request, "users.list", "users", self._users.list_next)
-        return rows_to_frame((user_row(u) for page in pages for u in page), USER_SCHEMA)
+        return pages_to_frame(pages, user_row, USER_SCHEMA)
 
     def fetch_groups(self) -> pl.DataFrame:
         """Every group of the customer, so an admin can choose which to sync."""
         request = self._groups.list(customer=self._customer, maxResults=GROUPS_PAGE_SIZE, fields=GROUP_FIELDS)
         pages = self._pages(request, "groups.list", "groups", self._groups.list_next)
-        return rows_to_frame((group_row(g) for page in pages for g in page), GROUP_SCHEMA)
+        return pages_to_frame(pages, group_row, GROUP_SCHEMA)
 
     def fetch_members(
         self, group_ids: Iterable[str], *, on_progress: Callable[[int, int], None] | None = None
@@ -118,7 +119,7 @@ class DirectoryClient:
         enough to keep every worker busy, while ``wait`` (linear in the futures it watches) stays cheap
         for 10,000 groups.
         """
-        rows: list[tuple] = []
+        edges = FrameBatches(MEMBER_SCHEMA)
         fetched: list[str] = []
         missing: list[str] = []
         queued = deque(dict.fromkeys(group_ids))
@@ -134,13 +135,13 @@ class DirectoryClient:
                     for future in done:
                         group_id = pending.pop(future)
                         try:
-                            edges = future.result()
+                            group_edges = future.result()
                         except GroupNotFoundError:
                             missing.append(group_id)
                             continue
                         fetched.append(group_id)
-                        rows.extend(edges)
-                        for nested in {e[1] for e in edges if e[3] == "GROUP"} - seen:
+                        edges.extend(group_edges)
+                        for nested in {e[1] for e in group_edges if e[3] == "GROUP"} - seen:
                             seen.add(nested)
                             queued.append(nested)
                     if on_progress:
@@ -148,7 +149,7 @@ class DirectoryClient:
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-        return MembersFetch(rows_to_frame(rows, MEMBER_SCHEMA), sorted(fetched), sorted(missing))
+        return MembersFetch(edges.frame(), sorted(fetched), sorted(missing))
 
     def verify_member_counts(self, fetched: MembersFetch, groups: pl.DataFrame) -> int:
         """Prove each fetched member list complete against Google's own ``directMembersCount``.
