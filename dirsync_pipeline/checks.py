@@ -1,8 +1,9 @@
 """Validation of every stage: the table contract (pandera) and referential integrity.
 
 The same functions serve two purposes: blocking Dagster asset checks, run by the step that produces a
-stage, that show its result with a sample of failing rows in the UI; and the publish gate, which re-validates everything staged for a
-connection right before it becomes visible, so nothing unchecked is ever published.
+stage, that show its result with a sample of failing rows in the UI; and the publish gate, which validates
+the stages a run did not produce (replayed from a snapshot) right before they become visible again, so
+nothing unchecked is ever published.
 """
 
 
@@ -19,7 +20,6 @@ from dirsync_pipeline.tables import (
     GOOGLE_GROUPS,
     GOOGLE_USERS,
     ROLE_MAPPED_ENTITLEMENTS,
-    SYNC_TABLES,
     Table,
 )
 from dirsync_pipeline.warehouse import Warehouse
@@ -89,13 +89,21 @@ def validate_reference(reference: Reference, child: pl.DataFrame, parent: pl.Dat
     return Outcome(orphans.is_empty(), orphans.height, orphans)
 
 
-def publish_gate_failures(warehouse: Warehouse, connection_id: str) -> list[str]:
-    """Every contract or reference violation among the connection's staged tables (empty = publishable)."""
-    staged = {t: warehouse.read_staged(t, connection_id) for t in SYNC_TABLES}
+def publish_gate_failures(warehouse: Warehouse, connection_id: str, unchecked: list[Table]) -> list[str]:
+    """Every contract or reference violation of the staged tables this run did not check (empty = publishable).
+
+    A stage this run materialized passed its blocking checks in its own step, or the publish would not run.
+    The others were restored from the last published snapshot: validate them before they are published again.
+    """
+    staged = {t: warehouse.read_staged(t, connection_id) for t in unchecked}
     problems = [f"{t.qualified_name}: {o.failures} contract violation(s)"
-                for t in SYNC_TABLES if not (o := validate_contract(t, staged[t])).passed]
-    problems += [f"{r.name}: {o.failures} orphan row(s)"
-                 for r in REFERENCES if not (o := validate_reference(r, staged[r.child], staged[r.parent])).passed]
+                for t in unchecked if not (o := validate_contract(t, staged[t])).passed]
+    for reference in (r for r in REFERENCES if r.child in staged):
+        parent = staged.get(reference.parent)
+        if parent is None:
+            parent = warehouse.read_staged(reference.parent, connection_id)
+        if not (outcome := validate_reference(reference, staged[reference.child], parent)).passed:
+            problems.append(f"{reference.name}: {outcome.failures} orphan row(s)")
     return problems
 
 

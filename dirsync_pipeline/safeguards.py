@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import polars as pl
+import duckdb
 
 from dirsync_pipeline.tables import FILTERED_MEMBERSHIPS, GOOGLE_USERS, ROLE_MAPPED_ENTITLEMENTS, Table
-from dirsync_pipeline.warehouse import Warehouse
+from dirsync_pipeline.warehouse import Warehouse, staging_name
 
 SAMPLE_SIZE = 10
 
@@ -46,11 +46,20 @@ class Removal:
         return f"{self.table}: {self.removed} of {self.published} rows ({self.share:.0%})"
 
 
-def removal(table: Table, describe_by: tuple[str, ...], published: pl.DataFrame, staged: pl.DataFrame) -> Removal:
-    """Rows of ``published`` whose key is absent from ``staged`` (keys are immutable ids)."""
-    gone = published.join(staged.select(table.key), on=list(table.key), how="anti")
-    sample = gone.head(SAMPLE_SIZE).select(pl.concat_str(list(describe_by), separator=" / "))
-    return Removal(table.qualified_name, published.height, gone.height, tuple(sample.to_series().to_list()))
+def removal(
+    conn: duckdb.DuckDBPyConnection, table: Table, describe_by: tuple[str, ...], connection_id: str, *,
+    published: str, staged: str,
+) -> Removal:
+    """Rows of ``published`` whose key is absent from ``staged`` (keys are immutable ids), counted in DuckDB."""
+    matches = " AND ".join(f"s.{k} = p.{k}" for k in table.key)
+    gone = (f"FROM {published} p WHERE p.connection_id = $id AND NOT EXISTS "
+            f"(SELECT 1 FROM {staged} s WHERE s.connection_id = $id AND {matches})")
+    params = {"id": connection_id}
+    total = conn.execute(f"SELECT count(*) FROM {published} WHERE connection_id = $id", params).fetchone()[0]
+    removed = conn.execute(f"SELECT count(*) {gone}", params).fetchone()[0]
+    described = ", ".join(f"p.{c}" for c in describe_by)
+    sample = conn.execute(f"SELECT concat_ws(' / ', {described}) {gone} ORDER BY ALL LIMIT {SAMPLE_SIZE}", params).fetchall()
+    return Removal(table.qualified_name, total, removed, tuple(row[0] for row in sample))
 
 
 def breaker_message(tripped: list[Removal], max_share: float, max_count: int | None) -> str:
@@ -66,7 +75,6 @@ def breaker_message(tripped: list[Removal], max_share: float, max_count: int | N
 
 def staged_removals(warehouse: Warehouse, connection_id: str) -> list[Removal]:
     """What publishing the connection's staged sync would remove from each guarded table."""
-    return [
-        removal(table, describe_by, warehouse.read_published(table, connection_id), warehouse.read_staged(table, connection_id))
-        for table, describe_by in GUARDED_TABLES
-    ]
+    with warehouse.connect() as conn:
+        return [removal(conn, table, describe_by, connection_id, published=table.qualified_name, staged=staging_name(table))
+                for table, describe_by in GUARDED_TABLES]

@@ -9,9 +9,11 @@ import duckdb
 import pytest
 
 from dirsync_pipeline.assets import build_sync_assets
+from dirsync_pipeline.checks import publish_gate_failures
 from dirsync_pipeline.definitions import build_definitions
 from dirsync_pipeline.emulator import DirectoryEmulator, Member, generate_directory
-from dirsync_pipeline.tables import SYNC_TABLES
+from dirsync_pipeline.tables import GOOGLE_GROUP_MEMBERS, GOOGLE_GROUPS, GOOGLE_USERS, SYNC_TABLES
+from dirsync_pipeline.warehouse import Warehouse
 from tests.conftest import write_config
 from tests.oracle import expected_entitlements, expected_memberships
 
@@ -88,6 +90,11 @@ def test_a_failing_check_leaves_the_published_tables_unchanged(tmp_path, emulato
     with duckdb.connect(str(db), read_only=True) as conn:
         staged_bad = conn.execute("SELECT count(*) FROM staging.raw__google_group_members WHERE role = 'SUPERVISOR'").fetchall()
     assert staged_bad == [(1,)], "the bad stage was written aside, not published"
+    # the publish gate, for stages a run did not check itself (replayed ones), refuses the same stage
+    store = Warehouse(db)
+    problems = publish_gate_failures(store, "acme", unchecked=[GOOGLE_GROUP_MEMBERS])
+    assert len(problems) == 1 and problems[0].startswith("raw.google_group_members: ")
+    assert publish_gate_failures(store, "acme", unchecked=[GOOGLE_USERS, GOOGLE_GROUPS]) == []
 
 
 def test_each_connection_is_a_partition_and_other_connections_stay_intact(tmp_path, directory):

@@ -32,11 +32,15 @@ def connection(emulator: DirectoryEmulator, **overrides) -> dict:
 
 
 def test_removal_counts_keys_not_rows_and_samples_them():
-    published_users = pl.DataFrame({"connection_id": ["c"] * 4, "user_id": ["1", "2", "3", "4"],
-                                    "primary_email": ["a@x", "b@x", "c@x", "d@x"]})
-    staged = published_users.filter(pl.col("user_id").is_in(["1", "4"])).with_columns(primary_email=pl.lit("renamed@x"))
-    gone = removal(GOOGLE_USERS, ("primary_email",), published_users, staged)
-    assert (gone.published, gone.removed, gone.sample) == (4, 2, ("b@x", "c@x"))
+    published_users = pl.DataFrame({"connection_id": ["c"] * 4 + ["other"], "user_id": ["1", "2", "3", "4", "9"],
+                                    "primary_email": ["a@x", "d@x", "c@x", "b@x", "z@x"]})
+    staged = published_users.filter(pl.col("user_id").is_in(["1", "4", "9"])).with_columns(primary_email=pl.lit("renamed@x"))
+    staged = staged.filter(pl.col("connection_id") == "c")  # another connection's rows are not this sync's removals
+    with duckdb.connect() as conn:
+        conn.execute("CREATE TABLE published AS SELECT * FROM published_users")
+        conn.execute("CREATE TABLE staged AS SELECT * FROM staged")
+        gone = removal(conn, GOOGLE_USERS, ("primary_email",), "c", published="published", staged="staged")
+    assert (gone.published, gone.removed, gone.sample) == (4, 2, ("c@x", "d@x"))
     assert gone.exceeds(0.2, None) and not gone.exceeds(0.5, None) and gone.exceeds(0.5, 1)
 
 
