@@ -10,7 +10,7 @@ from __future__ import annotations
 import polars as pl
 
 from dirsync_pipeline.tables import ENTITLEMENT_EXPLANATIONS, EVERY_USER, PATHS_PER_GROUP
-from dirsync_pipeline.transforms import DIRECTORY_USER_TYPES, role_mapped_entitlements
+from dirsync_pipeline.transforms import DIRECTORY_USER_TYPES
 
 PATH_SEPARATOR = " > "
 
@@ -29,20 +29,26 @@ def explain_entitlements(
 
     ``role_mapping`` is the (group_id, role) frame the entitlements were computed with.
     """
-    active = memberships.filter(pl.col("user_active"))
+    active = memberships.filter(pl.col("user_active")).select("user_id", "primary_email", "group_id", "group_email")
     mapped = pl.col("granted_via").list.len() > 0
+    # only a default-role row lists the user's groups: the others name the mapped groups that granted the role
+    default_users = entitlements.filter((~mapped).fill_null(True)).select("user_id").unique()
+    member_of = (active.join(default_users, on="user_id", how="semi")
+                 .group_by("user_id").agg(pl.col("group_email").unique().sort().alias("member_of")))
     explained = (
         entitlements.join(_outranked(entitlements, active, role_mapping, default_role, role_priority),
                           on=["user_id", "role"], how="left")
-        .join(active.group_by("user_id").agg(pl.col("group_email").unique().sort().alias("member_of")),
-              on="user_id", how="left")
+        .join(member_of, on="user_id", how="left")
         .with_columns(
             rule=pl.when(mapped).then(pl.lit("role_mapping")).otherwise(pl.lit("default_role")),
             via_groups=pl.when(mapped).then("granted_via").otherwise("member_of"),
             outranked=pl.col("outranked").fill_null(pl.lit([], dtype=pl.List(pl.Utf8))),
         )
+        .drop("member_of")
     )
-    paths = membership_paths(edges, groups, active.filter(pl.col("user_id").is_in(entitlements["user_id"].implode())))
+    wanted = explained.select("user_id", pl.col("via_groups").alias("group_email")).explode("group_email")
+    # paths only for the memberships an explanation names: each (user, group)'s paths depend on nothing else
+    paths = membership_paths(edges, groups, active.join(wanted, on=["user_id", "group_email"], how="semi"))
     path_lists = (
         explained.select("user_id", "role", pl.col("via_groups").alias("group_email")).explode("group_email")
         .join(paths, on=["user_id", "group_email"])
@@ -108,8 +114,11 @@ def _outranked(
 
     Empty unless role_assignment is ``highest_priority``, which keeps one role per user.
     """
-    qualified = role_mapped_entitlements(active, role_mapping, default_role=default_role, role_assignment="all",
-                                         role_priority=None)
+    # the (user, role) pairs role_mapped_entitlements grants under role_assignment "all", without its group lists
+    qualified = active.join(role_mapping.select("group_id", "role"), on="group_id").select("user_id", "role").unique()
+    if default_role:
+        unmapped = active.select("user_id").unique().join(qualified, on="user_id", how="anti")
+        qualified = pl.concat([qualified, unmapped.with_columns(role=pl.lit(default_role, dtype=pl.Utf8))])
     rank = {role: i for i, role in enumerate(role_priority or [])}
     lost = (
         qualified.join(entitlements.select("user_id", "role"), on=["user_id", "role"], how="anti")
