@@ -158,15 +158,20 @@ def role_mapped_entitlements(
     selected groups that gave the role (empty for the default role). With ``highest_priority`` only
     the user's best role by ``role_priority`` is kept.
     """
-    active = memberships.filter(pl.col("user_active"))
+    active = memberships.lazy().filter(pl.col("user_active")).select(
+        "connection_id", "user_id", "primary_email", "group_id", "group_email")
     mapped = (
-        active.join(role_mapping, on="group_id")
+        active.filter(pl.col("group_id").is_in(role_mapping["group_id"].implode()))  # few rows reach the join
+        .join(role_mapping.lazy(), on="group_id")
         .group_by("connection_id", "user_id", "primary_email", "role")
         .agg(pl.col("group_email").unique().sort().alias("granted_via"))
+        .collect()
     )
     entitlements = mapped
     if default_role:
-        unmapped_users = active.select("connection_id", "user_id", "primary_email").unique().join(mapped, on="user_id", how="anti")
+        # the users without a mapped role first, then their distinct rows: most rows belong to mapped users
+        unmapped_users = (active.join(mapped.lazy().select("user_id"), on="user_id", how="anti")
+                          .select("connection_id", "user_id", "primary_email").unique().collect())
         defaults = unmapped_users.with_columns(
             role=pl.lit(default_role), granted_via=pl.lit([], dtype=pl.List(pl.Utf8))
         )
