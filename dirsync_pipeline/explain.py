@@ -37,7 +37,8 @@ def explain_entitlements(
     concatenate into the sorted result. Every part of an explanation depends on its user alone.
     """
     mapped = pl.col("granted_via").list.len() > 0
-    active = memberships.lazy().filter(pl.col("user_active")).select("user_id", "primary_email", "group_id", "group_email")
+    active = (memberships.lazy().filter(pl.col("user_active"))
+              .select("user_id", "primary_email", "group_id", "group_email"))
     # every path starts at a group of some granted_via or at a group of a default-role user (its via_groups)
     granting = entitlements["granted_via"].explode().drop_nulls().unique().implode()
     default_users = entitlements.filter((~mapped).fill_null(True))["user_id"].implode()

@@ -133,7 +133,8 @@ def _membership_pairs(edges: pl.DataFrame, closure: pl.DataFrame, user_ids: pl.S
     keys = pl.concat([
         reached.lazy().join(people.lazy().drop_nulls("u").select("group_id", "u"), on="group_id")
         .select(_pair_key("r", "u", pl.col("is_direct"))),
-        customer_roots.lazy().join(user_index.lazy().select("u"), how="cross").select(_pair_key("r", "u", pl.lit(False))),
+        customer_roots.lazy().join(user_index.lazy().select("u"), how="cross")
+        .select(_pair_key("r", "u", pl.lit(False))),
     ]).collect()["key"].sort()
     pair = keys // 2
     keys = keys.filter((pair != pair.shift(-1)).fill_null(True))  # the last key of each pair
