@@ -7,12 +7,15 @@ groups, and, under ``highest_priority``, the roles this one outranked.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import polars as pl
 
 from dirsync_pipeline.tables import ENTITLEMENT_EXPLANATIONS, EVERY_USER, PATHS_PER_GROUP
-from dirsync_pipeline.transforms import DIRECTORY_USER_TYPES, role_mapped_entitlements
+from dirsync_pipeline.transforms import DIRECTORY_USER_TYPES
 
 PATH_SEPARATOR = " > "
+CHUNK_ROWS = 25_000  # entitlements explained at a time: bounds the path frames, not the result
 
 
 def explain_entitlements(
@@ -28,24 +31,73 @@ def explain_entitlements(
     """Rows for core.entitlement_explanations, one per row of ``entitlements``.
 
     ``role_mapping`` is the (group_id, role) frame the entitlements were computed with.
+
+    Users are explained in chunks of about CHUNK_ROWS entitlements, each a contiguous range of primary
+    emails, so the per-path intermediate frames never exist for every user at once and the sorted chunks
+    concatenate into the sorted result. Every part of an explanation depends on its user alone.
     """
-    active = memberships.filter(pl.col("user_active"))
     mapped = pl.col("granted_via").list.len() > 0
+    active = (memberships.lazy().filter(pl.col("user_active"))
+              .select("user_id", "primary_email", "group_id", "group_email"))
+    # every path starts at a group of some granted_via or at a group of a default-role user (its via_groups)
+    granting = entitlements["granted_via"].explode().drop_nulls().unique().implode()
+    default_users = entitlements.filter((~mapped).fill_null(True))["user_id"].implode()
+    roots = (active.filter(pl.col("group_email").is_in(granting) | pl.col("user_id").is_in(default_users))
+             .select(pl.col("group_id").unique()).collect()["group_id"])
+    chains = _chains(edges, groups, roots)
+    people = (edges.filter(pl.col("member_type").is_in(DIRECTORY_USER_TYPES))
+              .select("group_id", pl.col("member_id").alias("user_id")))
+    customers = edges.filter(pl.col("member_type") == "CUSTOMER").select("group_id").unique()
+    return pl.concat([
+        _explain_chunk(chunk, active.filter(pl.col("user_id").is_in(chunk["user_id"].implode())).collect(),
+                       chains, people, customers, role_mapping, default_role, role_priority)
+        for chunk in _email_ranges(entitlements)
+    ], rechunk=False)
+
+
+def _email_ranges(entitlements: pl.DataFrame) -> Iterator[pl.DataFrame]:
+    """``entitlements`` in about CHUNK_ROWS rows at a time, each chunk a range of primary emails (at least one chunk).
+
+    A user's rows share an email, so they stay in one chunk; the chunks come in email order.
+    """
+    chunks = -(-entitlements.height // CHUNK_ROWS)
+    if chunks <= 1:
+        yield entitlements
+        return
+    rank = pl.col("primary_email").rank("dense").cast(pl.Int64)
+    chunk_of = entitlements.select(((rank - 1) * chunks // rank.max()).fill_null(0)).to_series()  # nulls sort first
+    for i in range(chunks):
+        chunk = entitlements.filter(chunk_of == i)
+        if chunk.height:
+            yield chunk
+
+
+def _explain_chunk(
+    entitlements: pl.DataFrame, active: pl.DataFrame, chains: pl.DataFrame, people: pl.DataFrame,
+    customers: pl.DataFrame, role_mapping: pl.DataFrame, default_role: str | None, role_priority: list[str] | None,
+) -> pl.DataFrame:
+    """explain_entitlements for some users: ``active`` holds their active memberships."""
+    mapped = pl.col("granted_via").list.len() > 0
+    # only a default-role row lists the user's groups: the others name the mapped groups that granted the role
+    default_users = entitlements.filter((~mapped).fill_null(True)).select("user_id").unique()
+    member_of = (active.join(default_users, on="user_id", how="semi")
+                 .group_by("user_id").agg(pl.col("group_email").unique().sort().alias("member_of")))
     explained = (
         entitlements.join(_outranked(entitlements, active, role_mapping, default_role, role_priority),
                           on=["user_id", "role"], how="left")
-        .join(active.group_by("user_id").agg(pl.col("group_email").unique().sort().alias("member_of")),
-              on="user_id", how="left")
+        .join(member_of, on="user_id", how="left")
         .with_columns(
             rule=pl.when(mapped).then(pl.lit("role_mapping")).otherwise(pl.lit("default_role")),
             via_groups=pl.when(mapped).then("granted_via").otherwise("member_of"),
             outranked=pl.col("outranked").fill_null(pl.lit([], dtype=pl.List(pl.Utf8))),
         )
+        .drop("member_of")
     )
-    paths = membership_paths(edges, groups, active.filter(pl.col("user_id").is_in(entitlements["user_id"].implode())))
+    wanted = explained.select("user_id", "role", pl.col("via_groups").alias("group_email")).explode("group_email")
+    # paths only for the memberships an explanation names: each (user, group)'s paths depend on nothing else
+    paths = _paths(chains, people, customers, active.join(wanted, on=["user_id", "group_email"], how="semi"))
     path_lists = (
-        explained.select("user_id", "role", pl.col("via_groups").alias("group_email")).explode("group_email")
-        .join(paths, on=["user_id", "group_email"])
+        wanted.join(paths, on=["user_id", "group_email"])
         .sort("group_email", "depth", "path")
         .group_by("user_id", "role", maintain_order=True).agg("path")
     )
@@ -63,10 +115,22 @@ def membership_paths(edges: pl.DataFrame, groups: pl.DataFrame, memberships: pl.
     Breadth-first from each selected group: a nested group is recorded at the depth it is first
     reached (so cycles end), with at most PATHS_PER_GROUP chains per (selected group, nested group).
     """
+    people = (edges.filter(pl.col("member_type").is_in(DIRECTORY_USER_TYPES))
+              .select("group_id", pl.col("member_id").alias("user_id")))
+    customers = edges.filter(pl.col("member_type") == "CUSTOMER").select("group_id").unique()
+    return _paths(_chains(edges, groups, memberships["group_id"].unique()), people, customers, memberships)
+
+
+def _chains(edges: pl.DataFrame, groups: pl.DataFrame, root_ids: pl.Series) -> pl.DataFrame:
+    """(root_id, group_id, group_email, depth, prefix): the chains of nested groups from each root.
+
+    ``group_email`` is the root's, ``prefix`` the chain's group emails joined by PATH_SEPARATOR. Each
+    root's chains depend on that root alone.
+    """
     emails = dict(zip(groups["group_id"].to_list(), groups["email"].to_list(), strict=True))
     nested = (edges.filter(pl.col("member_type") == "GROUP")
               .select("group_id", pl.col("member_id").alias("child_id")).unique())
-    roots = memberships.select(pl.col("group_id").unique())
+    roots = pl.DataFrame({"group_id": root_ids}).unique()
     reached = roots.select(pl.col("group_id").alias("root_id"), "group_id", pl.concat_list("group_id").alias("chain"))
     frontier = reached
     while frontier.height:
@@ -77,25 +141,32 @@ def membership_paths(edges: pl.DataFrame, groups: pl.DataFrame, memberships: pl.
             .group_by("root_id", "group_id", maintain_order=True).head(PATHS_PER_GROUP)
         )
         reached, frontier = pl.concat([reached, step]), step
+    return reached.select(
+        "root_id", "group_id",
+        pl.col("root_id").replace(emails).alias("group_email"),
+        pl.col("chain").list.len().alias("depth"),
+        # a nested group that groups.list does not show (another customer's) keeps its id
+        pl.col("chain").list.eval(pl.element().replace(emails)).list.join(PATH_SEPARATOR).alias("prefix"),
+    )
+
+
+def _paths(chains: pl.DataFrame, people: pl.DataFrame, customers: pl.DataFrame, memberships: pl.DataFrame
+           ) -> pl.DataFrame:
+    """membership_paths from ``_chains`` of (at least) the memberships' groups."""
     users = memberships.select("user_id", "primary_email", pl.col("group_id").alias("root_id"))
-    people = (edges.filter(pl.col("member_type").is_in(DIRECTORY_USER_TYPES))
-              .select("group_id", pl.col("member_id").alias("user_id")))
-    customers = edges.filter(pl.col("member_type") == "CUSTOMER").select("group_id").unique()
+    people = people.filter(pl.col("user_id").is_in(users["user_id"].implode()))
     ends = pl.concat([
-        reached.join(people, on="group_id").join(users, on=["root_id", "user_id"])
-        .with_columns(end=pl.col("primary_email")),
-        reached.join(customers, on="group_id").join(users, on="root_id").with_columns(end=pl.lit(EVERY_USER)),
+        chains.join(people, on="group_id").join(users, on=["root_id", "user_id"])
+        .select("user_id", "group_email", "depth", "prefix", end="primary_email"),
+        chains.join(customers, on="group_id").join(users, on="root_id")
+        .select("user_id", "group_email", "depth", "prefix", end=pl.lit(EVERY_USER)),
     ])
     return (
         ends.select(
-            "user_id",
-            pl.col("root_id").replace(emails).alias("group_email"),
-            pl.col("chain").list.len().alias("depth"),
-            # a nested group that groups.list does not show (another customer's) keeps its id
-            pl.col("chain").list.eval(pl.element().replace(emails)).list.concat(pl.col("end"))
-            .list.join(PATH_SEPARATOR).alias("path"),
+            "user_id", "group_email", "depth",
+            pl.concat_str("prefix", "end", separator=PATH_SEPARATOR, ignore_nulls=True).alias("path"),
         )
-        .sort("depth", "path")
+        .sort("depth", "path", "user_id")  # user_id only orders the paths through a CUSTOMER member
         .group_by("user_id", "group_email", maintain_order=True).head(PATHS_PER_GROUP)
     )
 
@@ -108,8 +179,11 @@ def _outranked(
 
     Empty unless role_assignment is ``highest_priority``, which keeps one role per user.
     """
-    qualified = role_mapped_entitlements(active, role_mapping, default_role=default_role, role_assignment="all",
-                                         role_priority=None)
+    # the (user, role) pairs role_mapped_entitlements grants under role_assignment "all", without its group lists
+    qualified = active.join(role_mapping.select("group_id", "role"), on="group_id").select("user_id", "role").unique()
+    if default_role:
+        unmapped = active.select("user_id").unique().join(qualified, on="user_id", how="anti")
+        qualified = pl.concat([qualified, unmapped.with_columns(role=pl.lit(default_role, dtype=pl.Utf8))])
     rank = {role: i for i, role in enumerate(role_priority or [])}
     lost = (
         qualified.join(entitlements.select("user_id", "role"), on=["user_id", "role"], how="anti")

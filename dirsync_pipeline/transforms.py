@@ -88,48 +88,61 @@ def filtered_memberships(
 ) -> tuple[pl.DataFrame, MembershipStats]:
     """One row per (directory user, selected group) the user belongs to: directly, nested, or via CUSTOMER.
 
-    One lazy query, so polars runs it in parallel and never materialises the unused edge columns;
-    rows are ordered by (group email, user email) through integer ranks of the two small tables,
-    because sorting millions of rows on two string columns cost more than the whole closure.
+    Users and groups are numbered in (email) order, so the expansion, the deduplication and the sort
+    work on integer pairs and the string columns are gathered once, into the sorted result: hashing
+    and sorting hundreds of thousands of string pairs cost more time and memory than the closure.
     """
     edges = edges.select("group_id", "member_id", "member_type")
     closure = nested_group_closure(edges, selected_group_ids)
-    reachable = closure.lazy().join(edges.lazy(), on="group_id")
-    person_paths = reachable.filter(pl.col("member_type").is_in(DIRECTORY_USER_TYPES)).select(
-        "root_group_id",
-        pl.col("member_id").alias("user_id"),
-        (pl.col("group_id") == pl.col("root_group_id")).alias("is_direct"),
-    )
-    # A CUSTOMER member stands for every user of the directory.
-    customer_roots = reachable.filter(pl.col("member_type") == "CUSTOMER").select("root_group_id").unique()
-    customer_paths = customer_roots.join(users.lazy().select("user_id"), how="cross").with_columns(is_direct=pl.lit(False))
-    paths = pl.concat([person_paths, customer_paths])
-
-    known_users = users.lazy().select(
+    # numbered by a stable sort, as ordinal ranks: user u is row u of user_rows, group r row r of group_rows
+    user_rows = users.select(
         "user_id", "primary_email", user_active=~(pl.col("suspended") | pl.col("archived")),
-        user_rank=pl.col("primary_email").rank("ordinal"),
-    )
-    group_emails = groups.lazy().select(
-        pl.col("group_id").alias("root_group_id"), pl.col("email").alias("group_email"),
-        group_rank=pl.col("email").rank("ordinal"),
-    )
-    outside_query = paths.join(known_users, on="user_id", how="anti").select(pl.col("user_id").n_unique())
-    memberships_query = (
-        paths.group_by("root_group_id", "user_id")
-        .agg(pl.col("is_direct").any())
-        .join(known_users.select("user_id", "user_rank"), on="user_id")
-        .join(group_emails.select("root_group_id", "group_rank"), on="root_group_id")
-        .sort("group_rank", "user_rank")  # before the emails join in: only integers move
-        .join(known_users.drop("user_rank"), on="user_id", how="left", maintain_order="left")
-        .join(group_emails.drop("group_rank"), on="root_group_id", how="left", maintain_order="left")
-        .select(
-            pl.lit(connection_id).alias("connection_id"), "user_id", "primary_email",
-            pl.col("root_group_id").alias("group_id"), "group_email", "is_direct", "user_active",
-        )
-    )
-    memberships, outside = pl.collect_all([memberships_query, outside_query])
-    stats = MembershipStats(outside.item(), len(selected_group_ids), closure["group_id"].n_unique())
+    ).sort("primary_email", maintain_order=True)
+    group_rows = groups.select("group_id", group_email="email").sort("group_email", maintain_order=True)
+    pairs, outside = _membership_pairs(edges, closure, user_rows["user_id"], group_rows["group_id"])
+    user_part = user_rows.select(pl.all().gather(pairs["u"]))
+    group_part = group_rows.select(pl.all().gather(pairs["r"]))
+    memberships = pl.DataFrame([
+        pl.repeat(connection_id, pairs.height, dtype=pl.Utf8, eager=True).alias("connection_id"),
+        user_part["user_id"], user_part["primary_email"], group_part["group_id"], group_part["group_email"],
+        pairs["is_direct"], user_part["user_active"],
+    ])
+    stats = MembershipStats(outside, len(selected_group_ids), closure["group_id"].n_unique())
     return memberships, stats
+
+
+def _membership_pairs(edges: pl.DataFrame, closure: pl.DataFrame, user_ids: pl.Series, group_ids: pl.Series
+                      ) -> tuple[pl.DataFrame, int]:
+    """(r, u, is_direct) sorted by (r, u), for group ``group_ids[r]`` and user ``user_ids[u]``; and the outside members.
+
+    Each (root, user) path becomes one integer r * 2**33 + u * 2 + is_direct: sorted, the last key of a
+    pair says whether any of its paths is direct, so deduplication and order cost one integer sort.
+    """
+    user_index = pl.DataFrame({"user_id": user_ids}).with_row_index("u")
+    # the groups each root reaches; a root that groups.list lacks has no number and no memberships
+    reached = closure.join(
+        pl.DataFrame({"root_group_id": group_ids}).with_row_index("r"), on="root_group_id",
+    ).select("group_id", "r", is_direct=pl.col("group_id") == pl.col("root_group_id"))
+    in_reach = edges.filter(pl.col("group_id").is_in(closure["group_id"].implode()))
+    people = (in_reach.filter(pl.col("member_type").is_in(DIRECTORY_USER_TYPES)).select("group_id", "member_id")
+              .join(user_index, left_on="member_id", right_on="user_id", how="left"))
+    outside = people.filter(pl.col("u").is_null())["member_id"].n_unique()
+    # A CUSTOMER member stands for every user of the directory.
+    customer_groups = in_reach.filter(pl.col("member_type") == "CUSTOMER")["group_id"].implode()
+    customer_roots = reached.filter(pl.col("group_id").is_in(customer_groups)).select(pl.col("r").unique())
+    keys = pl.concat([
+        reached.lazy().join(people.lazy().drop_nulls("u").select("group_id", "u"), on="group_id")
+        .select(_pair_key("r", "u", pl.col("is_direct"))),
+        customer_roots.lazy().join(user_index.lazy().select("u"), how="cross")
+        .select(_pair_key("r", "u", pl.lit(False))),
+    ]).collect()["key"].sort()
+    pair = keys // 2
+    keys = keys.filter((pair != pair.shift(-1)).fill_null(True))  # the last key of each pair
+    return pl.select(r=keys // 2**33, u=keys // 2 % 2**32, is_direct=keys % 2 == 1), outside
+
+
+def _pair_key(r: str, u: str, is_direct: pl.Expr) -> pl.Expr:
+    return (pl.col(r).cast(pl.UInt64) * 2**33 + pl.col(u).cast(pl.UInt64) * 2 + is_direct.cast(pl.UInt64)).alias("key")
 
 
 def role_mapped_entitlements(
@@ -146,15 +159,20 @@ def role_mapped_entitlements(
     selected groups that gave the role (empty for the default role). With ``highest_priority`` only
     the user's best role by ``role_priority`` is kept.
     """
-    active = memberships.filter(pl.col("user_active"))
+    active = memberships.lazy().filter(pl.col("user_active")).select(
+        "connection_id", "user_id", "primary_email", "group_id", "group_email")
     mapped = (
-        active.join(role_mapping, on="group_id")
+        active.filter(pl.col("group_id").is_in(role_mapping["group_id"].implode()))  # few rows reach the join
+        .join(role_mapping.lazy(), on="group_id")
         .group_by("connection_id", "user_id", "primary_email", "role")
         .agg(pl.col("group_email").unique().sort().alias("granted_via"))
+        .collect()
     )
     entitlements = mapped
     if default_role:
-        unmapped_users = active.select("connection_id", "user_id", "primary_email").unique().join(mapped, on="user_id", how="anti")
+        # the users without a mapped role first, then their distinct rows: most rows belong to mapped users
+        unmapped_users = (active.join(mapped.lazy().select("user_id"), on="user_id", how="anti")
+                          .select("connection_id", "user_id", "primary_email").unique().collect())
         defaults = unmapped_users.with_columns(
             role=pl.lit(default_role), granted_via=pl.lit([], dtype=pl.List(pl.Utf8))
         )
