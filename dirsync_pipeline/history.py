@@ -1,9 +1,9 @@
-"""SCD type 2 history of entitlements and memberships (pure polars, no I/O).
+"""SCD type 2 history of entitlements and memberships, advanced by DuckDB inside the publish.
 
 A history table holds one row per *version* of a key: the key appears (a version opens), one of its
 tracked attributes changes (the version closes and a new one opens at the same instant) or it
-disappears (the version closes). The publish transaction replaces a connection's open versions with
-what ``advance_history`` returns, so closed versions are never rewritten.
+disappears (the version closes). ``advance_history`` only inserts versions and sets ``valid_to`` on
+open ones, so closed versions are never rewritten and unchanged ones are not touched at all.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-import polars as pl
+import duckdb
 
-from dirsync_pipeline.tables import ENTITLEMENTS_HISTORY, MEMBERSHIPS_HISTORY, TIMESTAMP, Table, timestamp_literal
+from dirsync_pipeline.tables import ENTITLEMENTS_HISTORY, MEMBERSHIPS_HISTORY, Table
 
 
 @dataclass(frozen=True)
@@ -30,33 +30,29 @@ MEMBERSHIPS = HistorySpec(MEMBERSHIPS_HISTORY, ("user_id", "group_id"), ("primar
 
 
 def advance_history(
-    spec: HistorySpec, open_versions: pl.DataFrame, current: pl.DataFrame, *, connection_id: str, sync_id: str,
+    conn: duckdb.DuckDBPyConnection, spec: HistorySpec, current: str, *, connection_id: str, sync_id: str,
     at: datetime,
-) -> pl.DataFrame:
-    """The rows that replace a connection's open versions once ``current`` is published at ``at``.
+) -> None:
+    """Advance the connection's versions in ``spec.table`` to the rows of ``current`` (a relation) published at ``at``.
 
-    Unchanged versions stay open as they were; changed and vanished ones are closed at ``at``; changed
-    and new keys get a version opened at ``at``. ``held_since`` carries over while the key stays held.
+    Changed and new keys get a version opened at ``at``, ``held_since`` carried over from the open
+    version while the key stays held; then every open version that no longer matches ``current``
+    (changed or vanished) is closed at ``at``. Opening first lets the new versions read ``held_since``.
     """
-    at_column = timestamp_literal(at)
-    key = list(spec.key)
-    was = open_versions.with_columns(_fingerprint(spec))
-    now = current.select(*key, *spec.tracked).with_columns(_fingerprint(spec))
-    unchanged = was.join(now.select(*key, "_fingerprint"), on=[*key, "_fingerprint"], how="semi")
-    closed = was.join(unchanged.select(key), on=key, how="anti").with_columns(valid_to=at_column)
-    opened = (
-        now.join(unchanged.select(key), on=key, how="anti")
-        .join(was.select(*key, pl.col("held_since").alias("held_before")), on=key, how="left")
-        .with_columns(
-            connection_id=pl.lit(connection_id), sync_id=pl.lit(sync_id), valid_from=at_column,
-            valid_to=pl.lit(None, dtype=TIMESTAMP),
-            held_since=pl.coalesce("held_before", at_column),
-        )
-    )
-    columns = spec.table.column_names
-    return pl.concat([frame.select(columns) for frame in (unchanged, closed, opened)]).sort(key + ["valid_from"])
-
-
-def _fingerprint(spec: HistorySpec) -> pl.Expr:
-    """The tracked attributes as one comparable value (list columns cannot be join keys)."""
-    return pl.struct(*spec.tracked).struct.json_encode().alias("_fingerprint")
+    params = {"connection_id": connection_id, "at": at}
+    table = spec.table.qualified_name
+    same_key = " AND ".join(f"h.{k} = c.{k}" for k in spec.key)
+    same_version = " AND ".join([same_key, *(f"h.{a} IS NOT DISTINCT FROM c.{a}" for a in spec.tracked)])
+    conn.execute(f"""
+        INSERT INTO {table} BY NAME
+        SELECT c.*, $at AS valid_from, NULL AS valid_to, coalesce(h.held_since, $at) AS held_since, $sync_id AS sync_id
+        FROM (SELECT connection_id, {', '.join(spec.key + spec.tracked)} FROM {current}
+              WHERE connection_id = $connection_id) c
+        LEFT JOIN (SELECT * FROM {table} WHERE connection_id = $connection_id AND valid_to IS NULL) h ON {same_key}
+        WHERE h.{spec.key[0]} IS NULL OR NOT ({same_version})
+    """, {**params, "sync_id": sync_id})
+    conn.execute(f"""
+        UPDATE {table} AS h SET valid_to = $at
+        WHERE h.connection_id = $connection_id AND h.valid_to IS NULL AND NOT EXISTS (
+            SELECT 1 FROM {current} c WHERE c.connection_id = $connection_id AND {same_version})
+    """, params)

@@ -1,9 +1,11 @@
 """What a publish records besides the tables themselves: change events, history and the Parquet set.
 
-``Warehouse.publish`` drives one ``Publication`` inside its transaction: the state before is read
-first, the staged tables are copied, then ``record`` appends the change events, advances the SCD2
-history and writes the Parquet set, all before the COMMIT. So a publish that fails or is refused
-records nothing, and a published sync always has its events, its history and its snapshot.
+``Warehouse.publish`` drives one ``Publication`` inside its transaction: ``record`` appends the change
+events (the published rows against the staged ones) and advances the SCD2 history before the copy
+replaces the published rows, then ``write`` writes the Parquet set of the result, all before the
+COMMIT. So a publish that fails or is refused records nothing, and a published sync always has its
+events, its history and its snapshot. Everything runs as SQL in DuckDB, which spills to disk, so the
+publish needs no memory in proportion to the directory.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from dirsync_pipeline.changes import DirectoryState, directory_changes
+from dirsync_pipeline.changes import PUBLISHED, DirectoryState, insert_directory_changes
 from dirsync_pipeline.history import ENTITLEMENTS, MEMBERSHIPS, advance_history
 from dirsync_pipeline.outputs import PendingVersion, write_version
 from dirsync_pipeline.tables import DIRECTORY_CHANGES, SYNC_LOG, Table
+
+VALIDATED_ROWS_PER_CHUNK = 100_000  # rows handed to pandera at once: bounds the memory of validation
 
 
 class Publication:
@@ -29,49 +33,50 @@ class Publication:
         self.connection_id = connection_id
         self.sync_id = sync_id
         self.published_at = datetime.now(UTC)
-        self.previous = published_state(conn, connection_id)  # read before the copy replaces it
         self.version: PendingVersion | None = None
 
-    def record(self) -> int:
-        """After the copy: append the events, advance the history, write the Parquet set. Returns the event count."""
-        current = _read_state(self.conn, self.connection_id)
-        events = directory_changes(
-            self.previous or DirectoryState.empty(), current, connection_id=self.connection_id,
-            sync_id=self.sync_id, changed_at=self.published_at, initial=self.previous is None,
+    def record(self, staged: DirectoryState) -> int:
+        """Before the copy: append the events from the published rows to ``staged`` and advance the history.
+
+        Returns the event count. A connection without a published sync gets its first, ``initial`` events.
+        """
+        first_sync = not self.conn.execute(f"SELECT count(*) FROM {SYNC_LOG.qualified_name} WHERE connection_id = ?",
+                                           [self.connection_id]).fetchall()[0][0]
+        events = insert_directory_changes(
+            self.conn, None if first_sync else PUBLISHED, staged, connection_id=self.connection_id,
+            sync_id=self.sync_id, changed_at=self.published_at,
         )
-        _append(self.conn, DIRECTORY_CHANGES, events)
-        for spec, rows in ((ENTITLEMENTS, current.entitlements), (MEMBERSHIPS, current.memberships)):
-            open_versions = spec.table.read(self.conn, self.connection_id, condition="valid_to IS NULL")
-            self.conn.execute(f"DELETE FROM {spec.table.qualified_name} WHERE connection_id = ? AND valid_to IS NULL",
-                              [self.connection_id])
-            versions = advance_history(spec, open_versions, rows, connection_id=self.connection_id,
-                                       sync_id=self.sync_id, at=self.published_at)
-            _append(self.conn, spec.table, versions)
+        for spec, rows in ((ENTITLEMENTS, staged.entitlements), (MEMBERSHIPS, staged.memberships)):
+            advance_history(self.conn, spec, rows, connection_id=self.connection_id, sync_id=self.sync_id,
+                            at=self.published_at)
+        for table in (DIRECTORY_CHANGES, ENTITLEMENTS.table, MEMBERSHIPS.table):
+            self._validate_written(table)
+        return events
+
+    def write(self) -> None:
+        """After the copy: write the Parquet set of what the transaction publishes."""
         self.version = write_version(self.conn, self.parquet_dir, self.connection_id, self.sync_id, self.published_at)
-        return events.height
 
     def activate(self) -> None:
         """After the COMMIT: make the new Parquet set the current one."""
         if self.version is not None:
             self.version.activate()
 
+    def _validate_written(self, table: Table) -> None:
+        """Check the rows this sync wrote to ``table`` against the contract, streamed in chunks.
 
-def published_state(conn: duckdb.DuckDBPyConnection, connection_id: str) -> DirectoryState | None:
-    """The connection's published state, or None before its first published sync."""
-    synced = conn.execute(f"SELECT count(*) FROM {SYNC_LOG.qualified_name} WHERE connection_id = ?",
-                          [connection_id]).fetchall()[0][0]
-    return _read_state(conn, connection_id) if synced else None
-
-
-def _read_state(conn: duckdb.DuckDBPyConnection, connection_id: str) -> DirectoryState:
-    return DirectoryState.from_tables({t: t.read(conn, connection_id) for t in DirectoryState.TABLES})
-
-
-def _append(conn: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame) -> None:
-    """Validate against the contract, then insert: nothing outside the contract is ever published."""
-    table.pandera_schema().validate(frame)
-    conn.register("appended_rows", frame)
-    try:
-        conn.execute(f"INSERT INTO {table.qualified_name} BY NAME SELECT * FROM appended_rows")
-    finally:
-        conn.unregister("appended_rows")
+        Nothing outside the contract is ever published: a failure raises and the transaction rolls back.
+        pandera checks each chunk; SQL checks the key across chunks.
+        """
+        where = f"FROM {table.qualified_name} WHERE connection_id = $connection_id AND sync_id = $sync_id"
+        params = {"connection_id": self.connection_id, "sync_id": self.sync_id}
+        schema = table.pandera_schema()
+        rows = self.conn.sql(f"SELECT {', '.join(table.column_names)} {where}", params=params)
+        for batch in rows.to_arrow_reader(VALIDATED_ROWS_PER_CHUNK):
+            schema.validate(table.typed(pl.from_arrow(batch)))
+        key = ", ".join(table.key)
+        duplicated = self.conn.execute(
+            f"SELECT count(*) FROM (SELECT {key} {where} GROUP BY {key} HAVING count(*) > 1)", params).fetchall()[0][0]
+        if duplicated:
+            raise ValueError(f"{table.qualified_name}: {duplicated} key(s) {table.key} written more than once "
+                             f"by sync {self.sync_id}")

@@ -7,7 +7,6 @@ and docs/tables.md are all derived from these specs, so they cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import dagster as dg
 import duckdb
@@ -16,11 +15,6 @@ import polars as pl
 
 TIMESTAMP = pl.Datetime("us", "UTC")
 CONNECTION_ID = r"^[a-z0-9_-]+$"
-
-
-def timestamp_literal(at: datetime) -> pl.Expr:
-    """A point in time as a literal column of the contract's TIMESTAMP type."""
-    return pl.lit(at).dt.cast_time_unit("us").dt.convert_time_zone("UTC")
 
 
 @dataclass(frozen=True)

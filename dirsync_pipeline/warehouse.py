@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from dirsync_pipeline.changes import DirectoryState
 from dirsync_pipeline.config import default_parquet_dir
 from dirsync_pipeline.publication import Publication
 from dirsync_pipeline.tables import DIRECTORY_CHANGES, HISTORY_TABLES, SYNC_LOG, SYNC_LOG_COUNTED, SYNC_TABLES, Table
@@ -73,14 +74,17 @@ class Warehouse:
     def publish(self, connection_id: str, sync_id: str, tables: tuple[Table, ...] = SYNC_TABLES) -> dict[str, int]:
         """Copy every staged table of the connection to its published table in ONE transaction.
 
-        The same transaction appends the sync's change events and advances the history; the Parquet set
-        is written before the COMMIT and becomes the current one right after it (publication.py).
+        The same transaction first appends the sync's change events and advances the history (from the
+        published rows to the staged ones, before the copy replaces them); the Parquet set is written
+        before the COMMIT and becomes the current one right after it (publication.py).
         """
         counts: dict[str, int] = {}
+        staged = DirectoryState.from_names(lambda t: staging_name(t) if t in tables else t.qualified_name)
         with self.connect() as conn:
             conn.execute("BEGIN TRANSACTION")
             try:
                 publication = Publication(conn, self.parquet_dir, connection_id, sync_id)
+                events = publication.record(staged)
                 for table in tables:
                     conn.execute(f"DELETE FROM {table.qualified_name} WHERE connection_id = ?", [connection_id])
                     conn.execute(
@@ -93,13 +97,13 @@ class Warehouse:
                     f"INSERT INTO {SYNC_LOG.qualified_name} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [connection_id, sync_id, publication.published_at, *(counts[t.name] for t in SYNC_LOG_COUNTED)],
                 )
-                counts[DIRECTORY_CHANGES.name] = publication.record()
+                publication.write()
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
         publication.activate()
-        return counts
+        return counts | {DIRECTORY_CHANGES.name: events}
 
 
 def _replace_rows(conn: duckdb.DuckDBPyConnection, qualified_name: str, connection_id: str, frame: pl.DataFrame) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 
 import duckdb
 import polars as pl
 
-from dirsync_pipeline.changes import DirectoryState, directory_changes
+from dirsync_pipeline.changes import DirectoryState, insert_directory_changes
 from dirsync_pipeline.explain import describe_rule, explain_entitlements, membership_paths
 from dirsync_pipeline.history import ENTITLEMENTS, advance_history
 from dirsync_pipeline.tables import (
@@ -56,14 +57,46 @@ def entitlements(*rows: tuple[str, str, list[str]]) -> pl.DataFrame:
     ], {"connection_id": "c1"})
 
 
+@dataclass(frozen=True)
+class State:
+    """The four diffed tables of one state, as frames."""
+
+    users: pl.DataFrame
+    groups: pl.DataFrame
+    memberships: pl.DataFrame
+    entitlements: pl.DataFrame
+
+
 def state(users_: pl.DataFrame, groups_: pl.DataFrame, memberships_: pl.DataFrame, entitlements_: pl.DataFrame
-          ) -> DirectoryState:
-    return DirectoryState(users_, groups_, memberships_, entitlements_)
+          ) -> State:
+    return State(users_, groups_, memberships_, entitlements_)
 
 
-def changes(previous: DirectoryState | None, current: DirectoryState) -> pl.DataFrame:
-    events = directory_changes(previous or DirectoryState.empty(), current, connection_id="c1", sync_id="s2",
-                               changed_at=T0, initial=previous is None)
+def warehouse(*tables: Table) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the contract's DDL of ``tables``."""
+    conn = duckdb.connect()
+    conn.execute("SET TimeZone = 'UTC'")
+    for schema in {t.schema for t in tables}:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    for table in tables:
+        conn.execute(table.ddl())
+    return conn
+
+
+def registered(conn: duckdb.DuckDBPyConnection, prefix: str, frames: State) -> DirectoryState:
+    """``frames`` as relations of ``conn``, named <prefix>_<table>."""
+    relations = DirectoryState.from_names(lambda t: f"{prefix}_{t.name}")
+    for field in fields(State):
+        conn.register(getattr(relations, field.name), getattr(frames, field.name))
+    return relations
+
+
+def changes(previous: State | None, current: State) -> pl.DataFrame:
+    conn = warehouse(DIRECTORY_CHANGES)
+    count = insert_directory_changes(conn, previous and registered(conn, "old", previous),
+                                     registered(conn, "new", current), connection_id="c1", sync_id="s2", changed_at=T0)
+    events = DIRECTORY_CHANGES.read(conn)
+    assert events.height == count
     DIRECTORY_CHANGES.pandera_schema().validate(events)
     return events
 
@@ -108,7 +141,7 @@ def test_a_rename_is_one_user_updated_event_keyed_on_the_immutable_id():
 
 
 def test_status_changes_are_single_events_and_noise_is_not_a_change():
-    def with_users(*rows: dict) -> DirectoryState:
+    def with_users(*rows: dict) -> State:
         return state(users(*rows), BASE.groups, BASE.memberships, BASE.entitlements)
 
     suspended = with_users({"user_id": "alice", "suspended": True},
@@ -155,14 +188,15 @@ def test_history_versions_answer_point_in_time_questions():
     v1 = entitlements(("alice", "admin", ["admins@corp.com"]))
     v2 = entitlements(("alice", "admin", ["admins@corp.com", "root@corp.com"]), ("bob", "admin", ["admins@corp.com"]))
     v3 = entitlements(("bob", "admin", ["admins@corp.com"]))
-    rows = pl.DataFrame(schema={c.name: c.dtype for c in ENTITLEMENTS_HISTORY.columns})
-    closed = []
+    store = warehouse(ENTITLEMENTS_HISTORY)
+    closed: set[str] = set()
     for at, current in ((t1, v1), (t2, v2), (t3, v3)):
-        rows = advance_history(ENTITLEMENTS, rows, current, connection_id="c1", sync_id=str(at), at=at)
-        ENTITLEMENTS_HISTORY.pandera_schema().validate(pl.concat([*closed, rows]))
-        closed.append(rows.filter(pl.col("valid_to").is_not_null()))
-        rows = rows.filter(pl.col("valid_to").is_null())
-    history = pl.concat([*closed, rows])
+        store.register("current", current)
+        advance_history(store, ENTITLEMENTS, "current", connection_id="c1", sync_id=str(at), at=at)
+        history = ENTITLEMENTS_HISTORY.read(store)
+        ENTITLEMENTS_HISTORY.pandera_schema().validate(history)
+        assert closed <= {repr(row) for row in history.rows()}, "closed versions are never rewritten"
+        closed = {repr(row) for row in history.filter(pl.col("valid_to").is_not_null()).rows()}
 
     conn = duckdb.connect()
     conn.register("history", history)
