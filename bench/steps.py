@@ -27,12 +27,12 @@ def main() -> None:
 
     import dagster as dg  # imported after the sampler starts: import costs count too
 
-    from dirsync_pipeline.definitions import build_definitions
+    from dirsync_pipeline.cli import sync
 
-    job = build_definitions(args.config).resolve_job_def("directory_sync")
+    job = dg.build_reconstructable_job(sync.__name__, sync.sync_job.__name__, reconstructable_args=(args.config, "directory_sync"))
     instance = dg.DagsterInstance.ephemeral()
-    result = job.execute_in_process(partition_key=args.connection, instance=instance, raise_on_error=False,
-                                    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+    result = dg.execute_job(job, instance=instance, tags={sync.PARTITION_TAG: args.connection},  # as `dirsync sync` runs it
+                            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
     starts = [(e.timestamp, e.step_key) for e in instance.all_logs(result.run_id)
               if e.dagster_event and e.dagster_event.event_type_value == "STEP_START"]
     bounds = [*starts, (time.time(), "end")]

@@ -20,11 +20,13 @@ from dirsync_pipeline.tables import (
     GOOGLE_GROUPS,
     GOOGLE_USERS,
     ROLE_MAPPED_ENTITLEMENTS,
+    VALIDATED_ROWS_PER_CHUNK,
     Table,
 )
 from dirsync_pipeline.warehouse import Warehouse
 
 SAMPLE_ROWS = 10
+FAILURE_COLUMNS = ("column", "check", "failure_case", "index")
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,30 @@ class Outcome:
 
 
 def validate_contract(table: Table, frame: pl.DataFrame) -> Outcome:
-    try:
-        table.pandera_schema().validate(frame, lazy=True)
-    except pa.errors.SchemaErrors as exc:
-        cases = exc.failure_cases
-        return Outcome(False, cases.height, cases.select("column", "check", "failure_case", "index"))
-    return Outcome(True, 0)
+    """pandera over slices of VALIDATED_ROWS_PER_CHUNK rows (its memory grows with what it validates at once),
+    and the key's uniqueness over the whole frame."""
+    schema = table.pandera_schema(unique_key=False)
+    cases = [_duplicate_keys(table, frame)]
+    for offset in range(0, max(frame.height, 1), VALIDATED_ROWS_PER_CHUNK):  # an empty frame still has a schema
+        try:
+            schema.validate(frame.slice(offset, VALIDATED_ROWS_PER_CHUNK), lazy=True)
+        except pa.errors.SchemaErrors as exc:
+            cases.append(exc.failure_cases.select(*FAILURE_COLUMNS[:-1], pl.col("index").cast(pl.Int64) + offset))
+    failures = pl.concat(cases)
+    return Outcome(failures.is_empty(), failures.height, failures if failures.height else None)
+
+
+def _duplicate_keys(table: Table, frame: pl.DataFrame) -> pl.DataFrame:
+    """Failure cases, in pandera's columns, for every row whose key another row has too."""
+    key = list(table.key)
+    present = set(key) <= set(frame.columns)  # a missing key column is pandera's failure to report
+    duplicated = (frame.select(*key) if present else pl.DataFrame(schema={k: pl.Utf8 for k in key}))
+    duplicated = duplicated.with_row_index("index").filter(pl.struct(key).is_duplicated())
+    return duplicated.select(
+        pl.lit(None, dtype=pl.Utf8).alias("column"), pl.lit(f"unique key ({', '.join(key)})").alias("check"),
+        pl.concat_str([pl.col(k).cast(pl.Utf8) for k in key], separator=" / ").alias("failure_case"),
+        pl.col("index").cast(pl.Int64),
+    )
 
 
 def validate_reference(reference: Reference, child: pl.DataFrame, parent: pl.DataFrame) -> Outcome:

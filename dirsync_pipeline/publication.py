@@ -19,9 +19,7 @@ import polars as pl
 from dirsync_pipeline.changes import PUBLISHED, DirectoryState, insert_directory_changes
 from dirsync_pipeline.history import ENTITLEMENTS, MEMBERSHIPS, advance_history
 from dirsync_pipeline.outputs import PendingVersion, write_version
-from dirsync_pipeline.tables import DIRECTORY_CHANGES, SYNC_LOG, Table
-
-VALIDATED_ROWS_PER_CHUNK = 100_000  # rows handed to pandera at once: bounds the memory of validation
+from dirsync_pipeline.tables import DIRECTORY_CHANGES, SYNC_LOG, VALIDATED_ROWS_PER_CHUNK, Table
 
 
 class Publication:
@@ -70,7 +68,7 @@ class Publication:
         """
         where = f"FROM {table.qualified_name} WHERE connection_id = $connection_id AND sync_id = $sync_id"
         params = {"connection_id": self.connection_id, "sync_id": self.sync_id}
-        schema = table.pandera_schema()
+        schema = table.pandera_schema(unique_key=False)
         rows = self.conn.sql(f"SELECT {', '.join(table.column_names)} {where}", params=params)
         for batch in rows.to_arrow_reader(VALIDATED_ROWS_PER_CHUNK):
             schema.validate(table.typed(pl.from_arrow(batch)))

@@ -15,6 +15,7 @@ import polars as pl
 
 TIMESTAMP = pl.Datetime("us", "UTC")
 CONNECTION_ID = r"^[a-z0-9_-]+$"
+VALIDATED_ROWS_PER_CHUNK = 100_000  # rows pandera validates at once: its memory grows with what it validates
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,13 @@ class Table:
         """The table's columns of ``frame``, cast to the contract's polars types (DuckDB and Parquet differ)."""
         return frame.select(pl.col(c.name).cast(c.dtype) for c in self.columns)
 
-    def pandera_schema(self) -> pa.DataFrameSchema:
+    def pandera_schema(self, *, unique_key: bool = True) -> pa.DataFrameSchema:
+        """The contract as pandera; without ``unique_key`` when rows are validated in slices (checked whole apart)."""
         return pa.DataFrameSchema(
             {c.name: pa.Column(c.dtype, list(c.checks), nullable=c.nullable) for c in self.columns},
             checks=list(self.extra_checks),
             strict=True,
-            unique=list(self.key),
+            unique=list(self.key) if unique_key else None,
             name=self.qualified_name,
         )
 

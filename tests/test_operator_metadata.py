@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -17,12 +17,13 @@ from dagster._core.loader import LoadingContextForTest
 from dagster._core.test_utils import freeze_time
 
 from dirsync_pipeline.assets import SYNC_FRESHNESS
+from dirsync_pipeline import checks
 from dirsync_pipeline.checks import Outcome
 from dirsync_pipeline.definitions import build_definitions
 from dirsync_pipeline.emulator import DirectoryEmulator, ScriptedFault, generate_directory
 from dirsync_pipeline.google.retry import ApiStats
 from dirsync_pipeline.progress import FetchProgress
-from dirsync_pipeline.tables import EVENTS, GOOGLE_USERS
+from dirsync_pipeline.tables import EVENTS, GOOGLE_GROUPS, GOOGLE_USERS
 from tests.conftest import write_config
 
 API_ENDPOINTS = ("users.list", "groups.list", "members.list", "groups.get", "users.get")
@@ -141,3 +142,20 @@ def test_a_failed_validation_check_carries_its_action():
     assert failed.description == "run Sync Now again" and failed.metadata["what_to_do"].value == "run Sync Now again"
     assert (failed.asset_key, failed.check_name) == (GOOGLE_USERS.asset_key, "c")
     assert Outcome(True, 0).check_result(GOOGLE_USERS, "c", "run Sync Now again").description is None
+
+
+def test_contract_validated_in_slices_still_finds_every_failure_at_its_row(monkeypatch):
+    monkeypatch.setattr(checks, "VALIDATED_ROWS_PER_CHUNK", 2)
+    rows = [{"connection_id": "c", "group_id": f"g{i}", "email": f"g{i}@x.test", "name": "G", "description": None,
+             "direct_members_count": 1, "admin_created": True, "synced_at": datetime(2026, 1, 1, tzinfo=UTC)}
+            for i in range(5)]
+    rows[4]["group_id"] = "g0"  # the same key in the first and the last slice
+    rows[3]["email"] = "not-an-email"
+    frame = pl.DataFrame(rows, schema={c.name: c.dtype for c in GOOGLE_GROUPS.columns})
+    outcome = checks.validate_contract(GOOGLE_GROUPS, frame)
+    assert not outcome.passed
+    failing = sorted(zip(outcome.sample["index"].to_list(), outcome.sample["check"].to_list(), strict=True))
+    assert [i for i, _ in failing] == [0, 3, 4] and "unique key (connection_id, group_id)" in dict(failing)[4]
+    assert checks.validate_contract(GOOGLE_GROUPS, frame.head(3)).passed
+    empty_but_wrong = pl.DataFrame({"connection_id": []}, schema={"connection_id": pl.Utf8})
+    assert not checks.validate_contract(GOOGLE_GROUPS, empty_but_wrong).passed  # columns are checked on no rows too

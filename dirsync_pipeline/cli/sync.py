@@ -16,6 +16,8 @@ from dirsync_pipeline.config import CONFIG_ENV_VAR, DirsyncConfig, load_config
 from dirsync_pipeline.jobs import TRIGGER_TAG
 from dirsync_pipeline.tables import SYNC_TABLES
 
+PARTITION_TAG = "dagster/partition"  # how a run names its partition (the connection)
+
 
 def register(subcommands: argparse._SubParsersAction) -> None:
     sync = subcommands.add_parser("sync", help="sync now: run the directory_sync job in-process")
@@ -79,22 +81,31 @@ def run_sync(
     config_path: str | None, connection_id: str, run_config: dict | None = None, tags: dict | None = None,
     job_name: str = "directory_sync",
 ) -> bool:
-    """Run ``job_name`` for one connection; print the actionable failure messages when it fails."""
-    from dirsync_pipeline.definitions import build_definitions  # import late: builds the code location
+    """Run ``job_name`` for one connection; print the actionable failure messages when it fails.
 
-    job = build_definitions(config_path).resolve_job_def(job_name)
+    ``execute_job`` runs the job in this process like a run launched from the UI. ``execute_in_process``
+    would also keep every step's output (each stage's frame) in memory until the run ends, for tests.
+    """
+    job = dg.build_reconstructable_job(__name__, sync_job.__name__, reconstructable_args=(config_path, job_name))
     with _instance() as instance:
-        result = job.execute_in_process(
-            partition_key=connection_id, instance=instance, raise_on_error=False,
-            tags={TRIGGER_TAG: "cli", **(tags or {})},
+        result = dg.execute_job(
+            job, instance=instance, raise_on_error=False,
+            tags={TRIGGER_TAG: "cli", PARTITION_TAG: connection_id, **(tags or {})},
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})},
         )
-    if result.success:
-        print(f"{connection_id}: sync {result.run_id} published")
-        return True
-    for message in failure_messages(result):
-        print(f"{connection_id}: {message}", file=sys.stderr)
-    return False
+        if result.success:
+            print(f"{connection_id}: sync {result.run_id} published")
+            return True
+        for message in failure_messages(result):
+            print(f"{connection_id}: {message}", file=sys.stderr)
+        return False
+
+
+def sync_job(config_path: str | None, job_name: str) -> dg.JobDefinition:
+    """The job of a config, rebuilt by reference (module and function name) as ``execute_job`` requires."""
+    from dirsync_pipeline.definitions import build_definitions  # import late: builds the code location
+
+    return build_definitions(config_path).resolve_job_def(job_name)
 
 
 def _instance() -> dg.DagsterInstance:
@@ -105,7 +116,7 @@ def _instance() -> dg.DagsterInstance:
 CLASS_PREFIX = re.compile(r"^[\w.]+: ")
 
 
-def failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
+def failure_messages(result: dg.JobExecutionResult) -> list[str]:
     messages = [
         f"check {e.asset_key.to_user_string()}:{e.check_name} failed ({e.metadata['failures'].value} failures)"
         for e in result.get_asset_check_evaluations() if not e.passed and "failures" in e.metadata
