@@ -45,9 +45,7 @@ def explain_entitlements(
     roots = (active.filter(pl.col("group_email").is_in(granting) | pl.col("user_id").is_in(default_users))
              .select(pl.col("group_id").unique()).collect()["group_id"])
     chains = _chains(edges, groups, roots)
-    people = (edges.filter(pl.col("member_type").is_in(DIRECTORY_USER_TYPES))
-              .select("group_id", pl.col("member_id").alias("user_id")))
-    customers = edges.filter(pl.col("member_type") == "CUSTOMER").select("group_id").unique()
+    people, customers = _path_ends(edges)
     return pl.concat([
         _explain_chunk(chunk, active.filter(pl.col("user_id").is_in(chunk["user_id"].implode())).collect(),
                        chains, people, customers, role_mapping, default_role, role_priority)
@@ -115,10 +113,16 @@ def membership_paths(edges: pl.DataFrame, groups: pl.DataFrame, memberships: pl.
     Breadth-first from each selected group: a nested group is recorded at the depth it is first
     reached (so cycles end), with at most PATHS_PER_GROUP chains per (selected group, nested group).
     """
+    people, customers = _path_ends(edges)
+    return _paths(_chains(edges, groups, memberships["group_id"].unique()), people, customers, memberships)
+
+
+def _path_ends(edges: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Where a path can end: (group_id, user_id) of directory users, and the groups with a CUSTOMER member."""
     people = (edges.filter(pl.col("member_type").is_in(DIRECTORY_USER_TYPES))
               .select("group_id", pl.col("member_id").alias("user_id")))
     customers = edges.filter(pl.col("member_type") == "CUSTOMER").select("group_id").unique()
-    return _paths(_chains(edges, groups, memberships["group_id"].unique()), people, customers, memberships)
+    return people, customers
 
 
 def _chains(edges: pl.DataFrame, groups: pl.DataFrame, root_ids: pl.Series) -> pl.DataFrame:
