@@ -5,8 +5,8 @@ asset checks; ``published_directory`` makes all of a connection's tables visible
 """
 
 
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -97,6 +97,20 @@ def _api_metadata(client: DirectoryClient, started: float) -> dict[str, object]:
     return {**client.stats.as_metadata(), "fetch_seconds": round(datetime.now(UTC).timestamp() - started, 3)}
 
 
+def _stop_when_failed(listing: Future, progress: Callable[[int, int], None]) -> Callable[[int, int], None]:
+    """``progress``, which first re-raises the error of ``listing`` once it has failed.
+
+    fetch_members calls it after every group, so a users.list that fails (say, a missing user scope)
+    stops the members fetch within a group instead of after all of them: its error is the one to report.
+    """
+    def on_progress(done: int, total: int) -> None:
+        if listing.done() and listing.exception() is not None:
+            raise listing.exception()
+        progress(done, total)
+
+    return on_progress
+
+
 def _mass_removal_check(
     connection: ConnectionConfig, store: Warehouse, *, allow: bool
 ) -> tuple[dg.AssetCheckResult, str | None, bool]:
@@ -146,7 +160,8 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
             selected, unknown = selected_group_ids(connection, groups)
             if unknown:
                 context.log.warning(f"{connection.id}: selected groups not found in the directory: {unknown}")
-            fetched = client.fetch_members(selected, on_progress=FetchProgress(context.log.info, client.stats))
+            progress = _stop_when_failed(users_listing, FetchProgress(context.log.info, client.stats))
+            fetched = client.fetch_members(selected, on_progress=progress)
             recounted = client.verify_member_counts(fetched, groups)
             users = _with_sync_columns(users_listing.result(), connection.id)
         if fetched.missing_group_ids:

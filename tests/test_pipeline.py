@@ -11,7 +11,7 @@ import pytest
 from dirsync_pipeline.assets import build_sync_assets
 from dirsync_pipeline.checks import publish_gate_failures
 from dirsync_pipeline.definitions import build_definitions
-from dirsync_pipeline.emulator import DirectoryEmulator, Member, generate_directory
+from dirsync_pipeline.emulator import DirectoryEmulator, FaultPlan, Member, ScriptedFault, generate_directory
 from dirsync_pipeline.tables import GOOGLE_GROUP_MEMBERS, GOOGLE_GROUPS, GOOGLE_USERS, SYNC_TABLES
 from dirsync_pipeline.warehouse import Warehouse
 from tests.conftest import write_config
@@ -95,6 +95,19 @@ def test_a_failing_check_leaves_the_published_tables_unchanged(tmp_path, emulato
     problems = publish_gate_failures(store, "acme", unchecked=[GOOGLE_GROUP_MEMBERS])
     assert len(problems) == 1 and problems[0].startswith("raw.google_group_members: ")
     assert publish_gate_failures(store, "acme", unchecked=[GOOGLE_USERS, GOOGLE_GROUPS]) == []
+
+
+def test_a_failed_users_listing_stops_the_members_fetch_and_is_the_error_reported(tmp_path):
+    directory = generate_directory(users=300, groups=300, seed=5, domain="acme.test")
+    with DirectoryEmulator(directory, faults=FaultPlan(latency_ms=10)) as emulator:
+        emulator.faults.scripted.append(ScriptedFault("users.list", 403, "forbidden", "Not Authorized to access this resource/api"))
+        result = run_sync(write_config(tmp_path, [connection(emulator, selected_groups="all", max_concurrency=2)]))
+        members_calls = emulator.request_counts().get("members.list", 0)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "users.list" in str(failure.step_failure_data.error.cause or failure.step_failure_data.error)
+    assert members_calls < 20, f"{members_calls} members.list calls after users.list had failed (300 groups)"
+    assert not (tmp_path / "dirsync.duckdb").exists() or published(tmp_path / "dirsync.duckdb", "raw.google_users") == []
 
 
 def test_each_connection_is_a_partition_and_other_connections_stay_intact(tmp_path, directory):
