@@ -30,6 +30,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 VIEWPORT = {"width": 1440, "height": 900}
 RUN_TIMEOUT_MS = 120_000
+EXPECT_TIMEOUT_MS = 15_000  # Playwright's 5 s default is short for the UI's first renders on 2 busy cores
 
 
 def require_browser() -> None:
@@ -60,8 +61,9 @@ def ui(request: pytest.FixtureRequest) -> Iterator[tuple[str, Path]]:
 
 @pytest.fixture(scope="module")
 def page(ui):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
