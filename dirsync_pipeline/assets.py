@@ -7,6 +7,7 @@ asset checks; ``published_directory`` makes all of a connection's tables visible
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -97,6 +98,44 @@ def _api_metadata(client: DirectoryClient, started: float) -> dict[str, object]:
     return {**client.stats.as_metadata(), "fetch_seconds": round(datetime.now(UTC).timestamp() - started, 3)}
 
 
+@dataclass(frozen=True)
+class DirectoryRead:
+    """One connection's directory as read from Google, stamped with the connection and read time."""
+
+    users: pl.DataFrame
+    groups: pl.DataFrame
+    edges: pl.DataFrame
+    metadata: dict[str, object]  # API counters and what the members fetch found
+
+
+def read_directory(
+    context: dg.AssetExecutionContext, google: GoogleDirectoryResource, connection: ConnectionConfig
+) -> DirectoryRead:
+    """users.list pages one after another (each needs the previous page's token), so it runs in its own
+    thread alongside groups.list and members.list: one client, one rate limiter, one set of counters."""
+    started = datetime.now(UTC).timestamp()
+    with google.client(connection) as client, ThreadPoolExecutor(1, thread_name_prefix="users") as background:
+        users_listing = background.submit(client.fetch_users)
+        groups = _with_sync_columns(client.fetch_groups(), connection.id)
+        selected, unknown = selected_group_ids(connection, groups)
+        if unknown:
+            context.log.warning(f"{connection.id}: selected groups not found in the directory: {unknown}")
+        progress = _stop_when_failed(users_listing, FetchProgress(context.log.info, client.stats))
+        fetched = client.fetch_members(selected, on_progress=progress)
+        recounted = client.verify_member_counts(fetched, groups)
+        users = _with_sync_columns(users_listing.result(), connection.id)
+    if fetched.missing_group_ids:
+        context.log.warning(f"groups deleted during the sync, skipped: {fetched.missing_group_ids}")
+    context.log.info(f"{connection.id}: listed {users.height} users, {groups.height} groups, "
+                     f"{fetched.edges.height} member edges")
+    return DirectoryRead(users, groups, _with_sync_columns(fetched.edges, connection.id, synced_at=False), {
+        **_api_metadata(client, started), "selected_groups": len(selected),
+        "fetched_groups": len(fetched.fetched_group_ids), "unknown_selected_groups": ", ".join(unknown) or "none",
+        "groups_deleted_during_sync": ", ".join(fetched.missing_group_ids) or "none",
+        "member_counts_verified": len(fetched.fetched_group_ids), "member_counts_recounted": recounted,
+    })
+
+
 def _stop_when_failed(listing: Future, progress: Callable[[int, int], None]) -> Callable[[int, int], None]:
     """``progress``, which first re-raises the error of ``listing`` once it has failed.
 
@@ -151,35 +190,13 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
     def google_directory(
         context: dg.AssetExecutionContext, google: GoogleDirectoryResource
     ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-        connection = google.connection(context.partition_key)
-        started = datetime.now(UTC).timestamp()
-        with google.client(connection) as client, ThreadPoolExecutor(1, thread_name_prefix="users") as background:
-            users_listing = background.submit(client.fetch_users)
-            groups = _with_sync_columns(client.fetch_groups(), connection.id)
-            yield table_output(GOOGLE_GROUPS, groups, output_name=GOOGLE_GROUPS.name)
-            selected, unknown = selected_group_ids(connection, groups)
-            if unknown:
-                context.log.warning(f"{connection.id}: selected groups not found in the directory: {unknown}")
-            progress = _stop_when_failed(users_listing, FetchProgress(context.log.info, client.stats))
-            fetched = client.fetch_members(selected, on_progress=progress)
-            recounted = client.verify_member_counts(fetched, groups)
-            users = _with_sync_columns(users_listing.result(), connection.id)
-        if fetched.missing_group_ids:
-            context.log.warning(f"groups deleted during the sync, skipped: {fetched.missing_group_ids}")
-        context.log.info(f"{connection.id}: listed {users.height} users, {groups.height} groups, "
-                         f"{fetched.edges.height} member edges")
-        yield table_output(GOOGLE_USERS, users, output_name=GOOGLE_USERS.name,
-                           suspended_users=users["suspended"].sum(), archived_users=users["archived"].sum())
-        edges = _with_sync_columns(fetched.edges, connection.id, synced_at=False)
-        yield table_output(
-            GOOGLE_GROUP_MEMBERS, edges, output_name=GOOGLE_GROUP_MEMBERS.name,
-            **_api_metadata(client, started), selected_groups=len(selected), fetched_groups=len(fetched.fetched_group_ids),
-            unknown_selected_groups=", ".join(unknown) or "none",
-            groups_deleted_during_sync=", ".join(fetched.missing_group_ids) or "none",
-            member_counts_verified=len(fetched.fetched_group_ids), member_counts_recounted=recounted,
-        )
-        for table, frame in ((GOOGLE_USERS, users), (GOOGLE_GROUPS, groups), (GOOGLE_GROUP_MEMBERS, edges)):
-            yield from stage_check_results(table, frame, {GOOGLE_GROUPS: groups})
+        read = read_directory(context, google, google.connection(context.partition_key))
+        yield table_output(GOOGLE_USERS, read.users, output_name=GOOGLE_USERS.name,
+                           suspended_users=read.users["suspended"].sum(), archived_users=read.users["archived"].sum())
+        yield table_output(GOOGLE_GROUPS, read.groups, output_name=GOOGLE_GROUPS.name)
+        yield table_output(GOOGLE_GROUP_MEMBERS, read.edges, output_name=GOOGLE_GROUP_MEMBERS.name, **read.metadata)
+        for table, frame in ((GOOGLE_USERS, read.users), (GOOGLE_GROUPS, read.groups), (GOOGLE_GROUP_MEMBERS, read.edges)):
+            yield from stage_check_results(table, frame, {GOOGLE_GROUPS: read.groups})
 
     @dg.asset(key=FILTERED_MEMBERSHIPS.asset_key, description=FILTERED_MEMBERSHIPS.description, kinds={"polars", "duckdb"},
               ins={"users": dg.AssetIn(GOOGLE_USERS.asset_key), "groups": dg.AssetIn(GOOGLE_GROUPS.asset_key),
