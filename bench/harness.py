@@ -155,7 +155,7 @@ class SyncRun:
         return self.faults.get("429", 0)
 
 
-def write_config(workdir: Path, emulator: EmulatorProcess, *, max_concurrency: int, rate_limit_qps: float,
+def write_config(workdir: Path, emulator: EmulatorProcess, *, max_concurrency: int, rate_limit_qps: float | None,
                  role_mapping: dict[str, list[str]], default_role: str) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     config = {

@@ -52,7 +52,7 @@ SMALL = Sizes(s1=(2_000, 200, 2.0), s2=(2_000, 200, 5.0), s3=(10_000, 100_000, 6
 S1_CONCURRENCY = 32
 S2_CONCURRENCY = 8
 S2_CLIENT_QPS = 40.0  # exactly the quota: the limiter spaces requests evenly, the emulator's 1-second bucket absorbs jitter
-UNLIMITED_CLIENT_QPS = 1000.0  # the config's ceiling; S1's emulator has no rate limit
+UNLIMITED_CLIENT_QPS = None  # S1's emulator has no rate limit, so the client does not pace (rate_limit_qps: null)
 TIMEOUTS = {"S1": 600.0, "S2": 1200.0, "S3": 300.0, "demo": 120.0}
 
 
@@ -143,13 +143,13 @@ def _rows_text(published: dict[str, int], expected: dict[str, int]) -> str:
     return "all equal" if not wrong else "; ".join(f"{k} {v}" for k, v in wrong.items())
 
 
-def _config(workdir: Path, emulator: EmulatorProcess, concurrency: int, qps: float) -> Path:
+def _config(workdir: Path, emulator: EmulatorProcess, concurrency: int, qps: float | None) -> Path:
     return write_config(workdir, emulator, max_concurrency=concurrency, rate_limit_qps=qps,
                         role_mapping=ROLE_MAPPING, default_role=DEFAULT_ROLE)
 
 
 def _sync_runs(users: int, groups: int, latency_ms: float, emulator_qps: float | None,
-               runs: list[tuple[Path, int, float]], timeout_seconds: float) -> tuple[Truth, list[SyncRun]]:
+               runs: list[tuple[Path, int, float | None]], timeout_seconds: float) -> tuple[Truth, list[SyncRun]]:
     """The oracle's directory, the same one served by an emulator process, and one sync per (folder, concurrency, qps)."""
     truth = directory_truth(generate_directory(users, groups, seed=SEED))  # the emulator's own call
     with EmulatorProcess(users, groups, seed=SEED, latency_ms=latency_ms, rate_limit_qps=emulator_qps) as emulator:

@@ -108,7 +108,8 @@ class ConnectionConfig(_Strict):
     role_priority: list[str] | None = None
     max_concurrency: int = Field(8, ge=1, le=64)
     # Google allows 2,400 queries/min per user per project (40/s); stay well under it by default.
-    rate_limit_qps: float = Field(20.0, gt=0, le=1000)
+    # null: no client-side pacing, for an endpoint without a quota (the emulator), never for Google.
+    rate_limit_qps: float | None = Field(20.0, gt=0, le=1000)
     retry: RetryConfig = RetryConfig()
     safeguards: SafeguardsConfig = SafeguardsConfig()
 

@@ -39,6 +39,13 @@ def test_bad_connection_id_and_duplicate_ids():
     assert "connection ids must be unique; ['acme']" in problems({"connections": [connection(), connection()]})
 
 
+def test_rate_limit_is_positive_at_most_1000_or_null_for_no_pacing():
+    assert parse_config({"connections": [connection()]}, source="t").connections[0].rate_limit_qps == 20
+    assert parse_config({"connections": [connection(rate_limit_qps=None)]}, source="t").connections[0].rate_limit_qps is None
+    assert "connections[0].rate_limit_qps" in problems({"connections": [connection(rate_limit_qps=0)]})
+    assert "connections[0].rate_limit_qps" in problems({"connections": [connection(rate_limit_qps=5000)]})
+
+
 def test_highest_priority_needs_a_complete_role_priority():
     assert "needs `role_priority" in problems({"connections": [connection(role_assignment="highest_priority")]})
     message = problems({"connections": [connection(
