@@ -78,6 +78,12 @@ class WarehouseResource(dg.ConfigurableResource):
     def warehouse(self) -> Warehouse:
         return Warehouse(self.duckdb_path, self.parquet_dir)
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.warehouse.hold()  # one DuckDB connection for the whole run
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.warehouse.release()
+
 
 class StagingIOManager(dg.ConfigurableIOManager):
     """Stores each stage's frame in the DuckDB staging schema, one connection (partition) at a time.
@@ -92,6 +98,12 @@ class StagingIOManager(dg.ConfigurableIOManager):
 
     # (run, asset, partition) stages already restored in this run: several steps load the same stage.
     _restored: set[tuple[str, dg.AssetKey, str]] = PrivateAttr(default_factory=set)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        Warehouse(self.duckdb_path, self.parquet_dir).hold()  # shares the run's connection with the warehouse
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        Warehouse(self.duckdb_path, self.parquet_dir).release()
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         table = TABLES_BY_ASSET_KEY[context.asset_key]
