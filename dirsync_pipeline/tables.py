@@ -53,13 +53,10 @@ class Table:
         columns = ",\n  ".join(f"{c.name} {c.sql}{'' if c.nullable else ' NOT NULL'}" for c in self.columns)
         return f"CREATE TABLE IF NOT EXISTS {qualified_name or self.qualified_name} (\n  {columns}\n)"
 
-    def read(self, conn: duckdb.DuckDBPyConnection, connection_id: str | None = None, *, source: str | None = None,
-             condition: str | None = None) -> pl.DataFrame:
-        """Rows of ``source`` (default: this table), one connection's if given, with the contract's polars types."""
-        clauses = [c for c in ("connection_id = ?" if connection_id else None, condition) if c]
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        frame = conn.sql(f"SELECT {', '.join(self.column_names)} FROM {source or self.qualified_name} {where}",
-                         params=[connection_id] if connection_id else []).pl()
+    def read(self, conn: duckdb.DuckDBPyConnection, connection_id: str, *, source: str | None = None) -> pl.DataFrame:
+        """One connection's rows of ``source`` (default: this table), with the contract's polars types."""
+        frame = conn.sql(f"SELECT {', '.join(self.column_names)} FROM {source or self.qualified_name} "
+                         "WHERE connection_id = ?", params=[connection_id]).pl()
         return self.typed(frame)
 
     def typed(self, frame: pl.DataFrame) -> pl.DataFrame:

@@ -111,14 +111,14 @@ class Warehouse:
     def read_staged(self, table: Table, connection_id: str) -> pl.DataFrame:
         return self._read(staging_name(table), table, connection_id)
 
-    def read_published(self, table: Table, connection_id: str | None = None) -> pl.DataFrame:
+    def read_published(self, table: Table, connection_id: str) -> pl.DataFrame:
         return self._read(table.qualified_name, table, connection_id)
 
-    def _read(self, qualified_name: str, table: Table, connection_id: str | None) -> pl.DataFrame:
+    def _read(self, qualified_name: str, table: Table, connection_id: str) -> pl.DataFrame:
         with self.connect() as conn:
             return table.read(conn, connection_id, source=qualified_name)
 
-    def publish(self, connection_id: str, sync_id: str, tables: tuple[Table, ...] = SYNC_TABLES) -> dict[str, int]:
+    def publish(self, connection_id: str, sync_id: str) -> dict[str, int]:
         """Copy every staged table of the connection to its published table in ONE transaction.
 
         The same transaction first appends the sync's change events and advances the history (from the
@@ -126,43 +126,44 @@ class Warehouse:
         before the COMMIT and becomes the current one right after it (publication.py).
         """
         counts: dict[str, int] = {}
-        staged = DirectoryState.from_names(lambda t: staging_name(t) if t in tables else t.qualified_name)
-        with self.connect() as conn:
-            conn.execute("BEGIN TRANSACTION")
-            try:
-                publication = Publication(conn, self.parquet_dir, connection_id, sync_id)
-                events = publication.record(staged)
-                for table in tables:
-                    conn.execute(f"DELETE FROM {table.qualified_name} WHERE connection_id = ?", [connection_id])
-                    conn.execute(
-                        f"INSERT INTO {table.qualified_name} BY NAME "
-                        f"SELECT * FROM {staging_name(table)} WHERE connection_id = ?",
-                        [connection_id],
-                    )
-                    counts[table.name] = _count(conn, table.qualified_name, connection_id)
+        with self.connect() as conn, _transaction(conn):
+            publication = Publication(conn, self.parquet_dir, connection_id, sync_id)
+            events = publication.record(DirectoryState.from_names(staging_name))
+            for table in SYNC_TABLES:
+                conn.execute(f"DELETE FROM {table.qualified_name} WHERE connection_id = ?", [connection_id])
                 conn.execute(
-                    f"INSERT INTO {SYNC_LOG.qualified_name} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [connection_id, sync_id, publication.published_at, *(counts[t.name] for t in SYNC_LOG_COUNTED)],
+                    f"INSERT INTO {table.qualified_name} BY NAME "
+                    f"SELECT * FROM {staging_name(table)} WHERE connection_id = ?",
+                    [connection_id],
                 )
-                publication.write()
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                counts[table.name] = _count(conn, table.qualified_name, connection_id)
+            conn.execute(
+                f"INSERT INTO {SYNC_LOG.qualified_name} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [connection_id, sync_id, publication.published_at, *(counts[t.name] for t in SYNC_LOG_COUNTED)],
+            )
+            publication.write()
         publication.activate()
         return counts | {DIRECTORY_CHANGES.name: events}
 
 
-def _replace_rows(conn: duckdb.DuckDBPyConnection, qualified_name: str, connection_id: str, frame: pl.DataFrame) -> None:
-    conn.register("incoming_rows", frame)
+@contextmanager
+def _transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """COMMIT when the block ends, ROLLBACK when it raises: all of it is written, or none."""
     conn.execute("BEGIN TRANSACTION")
     try:
-        conn.execute(f"DELETE FROM {qualified_name} WHERE connection_id = ?", [connection_id])
-        conn.execute(f"INSERT INTO {qualified_name} BY NAME SELECT * FROM incoming_rows")
-        conn.execute("COMMIT")
+        yield
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    conn.execute("COMMIT")
+
+
+def _replace_rows(conn: duckdb.DuckDBPyConnection, qualified_name: str, connection_id: str, frame: pl.DataFrame) -> None:
+    conn.register("incoming_rows", frame)
+    try:
+        with _transaction(conn):
+            conn.execute(f"DELETE FROM {qualified_name} WHERE connection_id = ?", [connection_id])
+            conn.execute(f"INSERT INTO {qualified_name} BY NAME SELECT * FROM incoming_rows")
     finally:
         conn.unregister("incoming_rows")
 

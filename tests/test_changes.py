@@ -95,7 +95,7 @@ def changes(previous: State | None, current: State) -> pl.DataFrame:
     conn = warehouse(DIRECTORY_CHANGES)
     count = insert_directory_changes(conn, previous and registered(conn, "old", previous),
                                      registered(conn, "new", current), connection_id="c1", sync_id="s2", changed_at=T0)
-    events = DIRECTORY_CHANGES.read(conn)
+    events = DIRECTORY_CHANGES.read(conn, "c1")
     assert events.height == count
     DIRECTORY_CHANGES.pandera_schema().validate(events)
     return events
@@ -193,7 +193,7 @@ def test_history_versions_answer_point_in_time_questions():
     for at, current in ((t1, v1), (t2, v2), (t3, v3)):
         store.register("current", current)
         advance_history(store, ENTITLEMENTS, "current", connection_id="c1", sync_id=str(at), at=at)
-        history = ENTITLEMENTS_HISTORY.read(store)
+        history = ENTITLEMENTS_HISTORY.read(store, "c1")
         ENTITLEMENTS_HISTORY.pandera_schema().validate(history)
         assert closed <= {repr(row) for row in history.rows()}, "closed versions are never rewritten"
         closed = {repr(row) for row in history.filter(pl.col("valid_to").is_not_null()).rows()}

@@ -178,7 +178,7 @@ def test_the_sql_history_is_naive_scd2_and_never_rewrites_a_closed_version(seed)
                                             random_state(rng), rng).memberships)
         advance_history(store, MEMBERSHIPS, "current", connection_id="c1", sync_id=f"s{hour}",
                         at=T0 + timedelta(hours=hour))
-        history = MEMBERSHIPS_HISTORY.read(store)
+        history = MEMBERSHIPS_HISTORY.read(store, "c1")
         MEMBERSHIPS_HISTORY.pandera_schema().validate(history)
         assert closed <= set(history.rows()), "closed versions are never rewritten"
         closed = set(history.filter(pl.col("valid_to").is_not_null()).rows())
