@@ -155,15 +155,15 @@ class SyncRun:
         return self.faults.get("429", 0)
 
 
-def write_config(workdir: Path, emulator: EmulatorProcess, *, max_concurrency: int, rate_limit_qps: float | None,
-                 role_mapping: dict[str, list[str]], default_role: str) -> Path:
+def write_config(workdir: Path, emulator: EmulatorProcess, *, max_concurrency: int, batch_size: int,
+                 rate_limit_qps: float | None, role_mapping: dict[str, list[str]], default_role: str) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     config = {
         "warehouse": {"duckdb_path": str(workdir / "dirsync.duckdb")},
         "connections": [{
             "id": CONNECTION_ID, "api_endpoint": emulator.url, "credentials": {"type": "none"},
             "selected_groups": "all", "role_mapping": role_mapping, "default_role": default_role,
-            "max_concurrency": max_concurrency, "rate_limit_qps": rate_limit_qps,
+            "max_concurrency": max_concurrency, "batch_size": batch_size, "rate_limit_qps": rate_limit_qps,
         }],
     }
     path = workdir / "dirsync.yaml"

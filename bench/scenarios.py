@@ -49,10 +49,24 @@ class Sizes:
 
 FULL = Sizes(s1=(20_000, 2_000, 20.0), s2=(100_000, 10_000, 50.0), s3=(100_000, 1_000_000, 6, 10_000), small=False)
 SMALL = Sizes(s1=(2_000, 200, 2.0), s2=(2_000, 200, 5.0), s3=(10_000, 100_000, 6, 1_000), small=True)
-S1_CONCURRENCY = 32
-S2_CONCURRENCY = 8
-S2_CLIENT_QPS = 40.0  # exactly the quota: the limiter spaces requests evenly, the emulator's 1-second bucket absorbs jitter
-UNLIMITED_CLIENT_QPS = None  # S1's emulator has no rate limit, so the client does not pace (rate_limit_qps: null)
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How one sync reads the API (its connection's settings), and how the tables name it."""
+
+    concurrency: int
+    batch_size: int
+    qps: float | None  # None: no client-side pacing, for an emulator without a rate limit
+    label: str
+
+
+S1_READER = Reader(32, 50, None, "concurrency 32, batches of ≤ 50")
+# One request in flight at a time, no batch: the reader the issue measures the speed-up against.
+S1_SEQUENTIAL = Reader(1, 1, None, "sequential baseline (concurrency 1, no batches)")
+# Exactly the quota: the limiter spaces calls evenly and caps a batch at a quarter second of it (10 parts);
+# the emulator's 1-second bucket absorbs the jitter.
+S2_READER = Reader(8, 50, GOOGLE_QPS, "concurrency 8, limiter 40 q/s, batches of ≤ 10")
 TIMEOUTS = {"S1": 600.0, "S2": 1200.0, "S3": 300.0, "demo": 120.0}
 
 
@@ -143,21 +157,21 @@ def _rows_text(published: dict[str, int], expected: dict[str, int]) -> str:
     return "all equal" if not wrong else "; ".join(f"{k} {v}" for k, v in wrong.items())
 
 
-def _config(workdir: Path, emulator: EmulatorProcess, concurrency: int, qps: float | None) -> Path:
-    return write_config(workdir, emulator, max_concurrency=concurrency, rate_limit_qps=qps,
-                        role_mapping=ROLE_MAPPING, default_role=DEFAULT_ROLE)
+def _config(workdir: Path, emulator: EmulatorProcess, reader: Reader) -> Path:
+    return write_config(workdir, emulator, max_concurrency=reader.concurrency, batch_size=reader.batch_size,
+                        rate_limit_qps=reader.qps, role_mapping=ROLE_MAPPING, default_role=DEFAULT_ROLE)
 
 
 def _sync_runs(users: int, groups: int, latency_ms: float, emulator_qps: float | None,
-               runs: list[tuple[Path, int, float | None]], timeout_seconds: float) -> tuple[Truth, list[SyncRun]]:
-    """The oracle's directory, the same one served by an emulator process, and one sync per (folder, concurrency, qps)."""
+               runs: list[tuple[Path, Reader]], timeout_seconds: float) -> tuple[Truth, list[SyncRun]]:
+    """The oracle's directory, the same one served by an emulator process, and one sync per (folder, reader)."""
     truth = directory_truth(generate_directory(users, groups, seed=SEED))  # the emulator's own call
     with EmulatorProcess(users, groups, seed=SEED, latency_ms=latency_ms, rate_limit_qps=emulator_qps) as emulator:
         if emulator.customer_id != truth.customer_id:
             raise RuntimeError(f"the emulator serves customer {emulator.customer_id}, the oracle generated "
                                f"{truth.customer_id}: the generator is not deterministic")
-        return truth, [run_sync(_config(folder, emulator, concurrency, qps), emulator, timeout_seconds=timeout_seconds)
-                       for folder, concurrency, qps in runs]
+        return truth, [run_sync(_config(folder, emulator, reader), emulator, timeout_seconds=timeout_seconds)
+                       for folder, reader in runs]
 
 
 def run_s1(sizes: Sizes, workdir: Path) -> Outcome:
@@ -165,10 +179,10 @@ def run_s1(sizes: Sizes, workdir: Path) -> Outcome:
     users, groups, latency = sizes.s1
     truth, (concurrent, sequential) = _sync_runs(
         users, groups, latency, None,
-        [(workdir / "s1", S1_CONCURRENCY, UNLIMITED_CLIENT_QPS), (workdir / "s1-sequential", 1, UNLIMITED_CLIENT_QPS)],
+        [(workdir / "s1", S1_READER), (workdir / "s1-sequential", S1_SEQUENTIAL)],
         TIMEOUTS["S1"])
     name = f"S1 {users:,} users / {groups:,} groups, {latency:g} ms"
-    conc_label, seq_label = f"concurrency {S1_CONCURRENCY}", "sequential baseline (concurrency 1)"
+    conc_label, seq_label = S1_READER.label, S1_SEQUENTIAL.label
     targets = [*_sync_targets("S1", conc_label, concurrent, truth, sizes.small),
                *_sync_targets("S1", seq_label, sequential, truth, sizes.small)]
     if concurrent.measured.ok and sequential.measured.ok:
@@ -185,10 +199,9 @@ def run_s1(sizes: Sizes, workdir: Path) -> Outcome:
 def run_s2(sizes: Sizes, workdir: Path) -> Outcome:
     """100k users / 10k groups at 50 ms behind Google's 40 queries/s: bound by the quota, not by dirsync."""
     users, groups, latency = sizes.s2
-    truth, (run,) = _sync_runs(users, groups, latency, GOOGLE_QPS, [(workdir / "s2", S2_CONCURRENCY, S2_CLIENT_QPS)],
-                               TIMEOUTS["S2"])
+    truth, (run,) = _sync_runs(users, groups, latency, GOOGLE_QPS, [(workdir / "s2", S2_READER)], TIMEOUTS["S2"])
     name = f"S2 {users:,} users / {groups:,} groups, {latency:g} ms, 40 q/s"
-    label = f"concurrency {S2_CONCURRENCY}, limiter {S2_CLIENT_QPS:g} q/s"
+    label = S2_READER.label
     targets = _sync_targets("S2", label, run, truth, sizes.small)
     if run.measured.ok:
         floor = truth.min_requests / GOOGLE_QPS
@@ -244,7 +257,7 @@ def run_steps(sizes: Sizes, workdir: Path) -> Outcome:
     """Per-step time and peak RSS of a sync at S2's size, without latency or rate limit (bench/steps.py)."""
     users, groups, _latency = sizes.s2
     with EmulatorProcess(users, groups, seed=SEED, latency_ms=0, rate_limit_qps=None) as emulator:
-        config = _config(workdir / "steps", emulator, S1_CONCURRENCY, UNLIMITED_CLIENT_QPS)
+        config = _config(workdir / "steps", emulator, S1_READER)
         measured = run_measured(
             [dirsync_command()[0], "-m", "bench.steps", "--config", str(config), "--connection", CONNECTION_ID],
             cwd=Path(__file__).resolve().parent.parent, env=clean_env(), timeout_seconds=TIMEOUTS["S2"])

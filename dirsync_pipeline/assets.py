@@ -112,10 +112,13 @@ def read_directory(
     context: dg.AssetExecutionContext, google: GoogleDirectoryResource, connection: ConnectionConfig
 ) -> DirectoryRead:
     """users.list pages one after another (each needs the previous page's token), so it runs in its own
-    thread alongside groups.list and members.list: one client, one rate limiter, one set of counters."""
+    thread alongside groups.list and members.list: one client, one rate limiter, one set of counters.
+    With ``max_concurrency: 1`` it runs first instead: one request at a time, strictly sequential."""
     started = datetime.now(UTC).timestamp()
     with google.client(connection) as client, ThreadPoolExecutor(1, thread_name_prefix="users") as background:
         users_listing = background.submit(client.fetch_users)
+        if connection.max_concurrency == 1:
+            users_listing.result()  # strictly sequential: every user page before the first group page
         groups = _with_sync_columns(client.fetch_groups(), connection.id)
         selected, unknown = selected_group_ids(connection, groups)
         if unknown:

@@ -40,6 +40,7 @@ class GoogleDirectoryResource(dg.ConfigurableResource):
             api_endpoint=self.endpoint(connection),
             subject=connection.credentials.subject,
             max_concurrency=connection.max_concurrency,
+            batch_size=connection.batch_size,
             retry_policy=RetryPolicy(
                 max_attempts=connection.retry.max_attempts,
                 max_delay=connection.retry.max_delay_seconds,

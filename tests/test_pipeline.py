@@ -110,6 +110,16 @@ def test_a_failed_users_listing_stops_the_members_fetch_and_is_the_error_reporte
     assert not (tmp_path / "dirsync.duckdb").exists() or published(tmp_path / "dirsync.duckdb", "raw.google_users") == []
 
 
+def test_max_concurrency_1_reads_strictly_one_request_at_a_time(tmp_path, directory):
+    with DirectoryEmulator(directory) as emulator:
+        assert run_sync(write_config(tmp_path, [connection(emulator, max_concurrency=1, batch_size=1)])).success
+        paths = [path for _method, path, _query in emulator.request_log]
+    users = [i for i, path in enumerate(paths) if path.endswith("/users")]
+    groups = [i for i, path in enumerate(paths) if "/groups" in path]
+    assert users and groups and max(users) < min(groups)  # every users.list page before the first group call
+    assert not any("batch" in path for path in paths)
+
+
 def test_each_connection_is_a_partition_and_other_connections_stay_intact(tmp_path, directory):
     other_directory = generate_directory(users=150, groups=12, seed=99, domain="globex.test")
     with DirectoryEmulator(directory) as acme, DirectoryEmulator(other_directory) as globex:

@@ -8,11 +8,14 @@ groups are fetched concurrently; httplib2 is not thread-safe, so each worker thr
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from urllib.parse import urljoin
 
 import google_auth_httplib2
 import httplib2
@@ -20,8 +23,10 @@ import polars as pl
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.auth.exceptions import RefreshError
 from googleapiclient.discovery import build
-from googleapiclient.errors import HttpError
+from googleapiclient.errors import BatchError, HttpError
+from googleapiclient.http import HttpRequest
 
+from dirsync_pipeline.google.batch import LeanBatchHttpRequest
 from dirsync_pipeline.google.errors import (
     AuthorizationError,
     GroupNotFoundError,
@@ -40,7 +45,7 @@ from dirsync_pipeline.google.records import (
     pages_to_frame,
     user_row,
 )
-from dirsync_pipeline.google.retry import ApiStats, RateLimiter, RetryPolicy, call_with_retry
+from dirsync_pipeline.google.retry import ApiStats, RateLimiter, RetryPolicy, call_with_retry, retry_cause
 
 USERS_PAGE_SIZE = 500  # Google's maximum for users.list
 GROUPS_PAGE_SIZE = 200  # maximum for groups.list and members.list
@@ -53,6 +58,12 @@ USER_FIELDS = (
 GROUP_FIELDS = "nextPageToken,groups(id,email,name,description,directMembersCount,adminCreated)"
 MEMBER_FIELDS = "nextPageToken,members(id,email,role,type,status)"
 HTTP_TIMEOUT_SECONDS = 60
+GOOGLE_ROOT_URL = "https://admin.googleapis.com/"
+# The client builds batch requests for Google's root URL whatever api_endpoint says: ours is built from it.
+BATCH_PATH = "batch/admin/directory_v1"
+# A batch never carries more than this share of a second's quota: Google meters parts as calls, and a
+# batch that arrives a little early must not find the quota's bucket empty.
+BATCH_SHARE_OF_QPS = 0.25
 GROUP_COUNT_FIELD = list(GROUP_SCHEMA).index("direct_members_count")
 
 
@@ -65,6 +76,15 @@ class MembersFetch:
     missing_group_ids: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class MembersPage:
+    """One members.list page still to read: its group, its request, the page tokens the group returned so far."""
+
+    group_id: str
+    request: HttpRequest
+    seen_tokens: frozenset[str] = frozenset()
+
+
 class DirectoryClient:
     def __init__(
         self,
@@ -74,6 +94,7 @@ class DirectoryClient:
         api_endpoint: str | None = None,
         subject: str | None = None,
         max_concurrency: int = 8,
+        batch_size: int = 1,
         retry_policy: RetryPolicy | None = None,
         rate_limiter: RateLimiter | None = None,
     ):
@@ -91,6 +112,9 @@ class DirectoryClient:
         self._max_concurrency = max_concurrency
         self._retry_policy = retry_policy or RetryPolicy()
         self._rate_limiter = rate_limiter or RateLimiter(qps=None)
+        quota_cap = self._rate_limiter.max_qps and max(1, int(self._rate_limiter.max_qps * BATCH_SHARE_OF_QPS))
+        self._batch_size = min(batch_size, quota_cap or batch_size)
+        self._batch_uri = urljoin(api_endpoint or GOOGLE_ROOT_URL, BATCH_PATH)
         self._thread_http = threading.local()
         self.stats = ApiStats()
 
@@ -113,37 +137,48 @@ class DirectoryClient:
     ) -> MembersFetch:
         """Direct members of ``group_ids`` and, recursively, of every group nested in them.
 
-        Groups are fetched concurrently as they are discovered; each group is fetched once, so cycles
-        and diamonds cost nothing extra. A group deleted since ``groups.list`` (404) is skipped and
-        reported rather than failing the sync. At most twice ``max_concurrency`` groups are in flight:
-        enough to keep every worker busy, while ``wait`` (linear in the futures it watches) stays cheap
-        for 10,000 groups.
+        Pages are read concurrently, up to ``batch_size`` of them per HTTP batch request, as groups are
+        discovered; a group's next page goes to the front of the queue so that groups finish early. Each
+        group is fetched once, so cycles and diamonds cost nothing extra. A group deleted since
+        ``groups.list`` (404) is skipped and reported rather than failing the sync. At most twice
+        ``max_concurrency`` batches are in flight: enough to keep every worker busy, while ``wait``
+        (linear in the futures it watches) stays cheap for 10,000 groups.
         """
         edges = FrameBatches(MEMBER_SCHEMA)
         fetched: list[str] = []
         missing: list[str] = []
-        queued = deque(dict.fromkeys(group_ids))
-        seen = set(queued)
+        partial: dict[str, list[tuple]] = {}  # rows of the groups whose last page has not arrived yet
+        waiting = deque(self._first_members_page(group_id) for group_id in dict.fromkeys(group_ids))
+        seen = {page.group_id for page in waiting}
         with ThreadPoolExecutor(self._max_concurrency, thread_name_prefix="members") as pool:
-            pending: dict[Future, str] = {}
+            in_flight: dict[Future, list[MembersPage]] = {}
             try:
-                while queued or pending:
-                    while queued and len(pending) < 2 * self._max_concurrency:
-                        group_id = queued.popleft()
-                        pending[pool.submit(self._group_members, group_id)] = group_id
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                while waiting or in_flight:
+                    while waiting and len(in_flight) < 2 * self._max_concurrency:
+                        batch = self._take_batch(waiting)
+                        in_flight[pool.submit(self._read_members_pages, batch)] = batch
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     for future in done:
-                        group_id = pending.pop(future)
-                        try:
-                            group_edges = future.result()
-                        except GroupNotFoundError:
-                            missing.append(group_id)
-                            continue
-                        fetched.append(group_id)
-                        edges.extend(group_edges)
-                        for nested in {e[1] for e in group_edges if e[3] == "GROUP"} - seen:
-                            seen.add(nested)
-                            queued.append(nested)
+                        for page, answer in zip(in_flight.pop(future), future.result()):
+                            group_id = page.group_id
+                            if isinstance(answer, GroupNotFoundError):
+                                partial.pop(group_id, None)
+                                missing.append(group_id)
+                                continue
+                            rows = partial.setdefault(group_id, [])
+                            what = f"members.list of group {group_id}"
+                            rows.extend(member_row(group_id, m) for m in self._page_items(answer, what, "members"))
+                            next_request = self._members.list_next(page.request, answer)
+                            if next_request is not None:
+                                waiting.appendleft(MembersPage(group_id, next_request,
+                                                               self._new_token(page.seen_tokens, answer, what)))
+                                continue
+                            group_edges = partial.pop(group_id)
+                            fetched.append(group_id)
+                            edges.extend(group_edges)
+                            for nested in {e[1] for e in group_edges if e[3] == "GROUP"} - seen:
+                                seen.add(nested)
+                                waiting.append(self._first_members_page(nested))
                     if on_progress:
                         on_progress(len(fetched) + len(missing), len(seen))
             except BaseException:
@@ -185,46 +220,111 @@ class DirectoryClient:
         request = self._groups.get(groupKey=group_id, fields="id,email,directMembersCount")
         return group_row(self._execute(request, "groups.get", group=group_id))[GROUP_COUNT_FIELD]
 
-    def _group_members(self, group_id: str) -> list[tuple]:
-        request = self._members.list(groupKey=group_id, maxResults=MEMBERS_PAGE_SIZE, fields=MEMBER_FIELDS)
-        pages = self._pages(request, "members.list", "members", self._members.list_next, group=group_id)
-        return [member_row(group_id, m) for page in pages for m in page]
+    def _first_members_page(self, group_id: str) -> MembersPage:
+        return MembersPage(group_id, self._members.list(groupKey=group_id, maxResults=MEMBERS_PAGE_SIZE, fields=MEMBER_FIELDS))
+
+    def _take_batch(self, waiting: deque[MembersPage]) -> list[MembersPage]:
+        """The next pages to send together: up to ``batch_size``, fewer when that leaves workers idle."""
+        size = min(self._batch_size, math.ceil(len(waiting) / self._max_concurrency))
+        return [waiting.popleft() for _ in range(size)]
+
+    def _read_members_pages(self, pages: list[MembersPage]) -> list[object]:
+        """Each page's answer in order: the JSON response, or the GroupNotFoundError of a vanished group.
+
+        One page goes as a plain request; several go as one batch request whose parts are retried alone:
+        a part that failed transiently is sent again, in a smaller batch, without the parts that succeeded.
+        """
+        if len(pages) == 1:
+            page = pages[0]
+            try:
+                return [self._execute(page.request, "members.list", group=page.group_id)]
+            except GroupNotFoundError as vanished:
+                return [vanished]
+        answers: dict[int, object] = {}
+        unanswered = list(range(len(pages)))
+
+        def send_unanswered() -> None:
+            nonlocal unanswered
+            failures: dict[int, HttpError] = {}
+
+            def collect(request_id: str, response: object, error: HttpError | None) -> None:
+                if error is None:
+                    answers[int(request_id)] = response
+                else:
+                    failures[int(request_id)] = error
+
+            batch = LeanBatchHttpRequest(batch_uri=self._batch_uri)
+            for index in unanswered:
+                batch.add(pages[index].request, callback=collect, request_id=str(index))
+            self.stats.count_batch()
+            batch.execute(http=self._http())
+            unanswered = sorted(index for index, error in failures.items() if retry_cause(error))
+            for index in failures.keys() - set(unanswered):
+                error = explain_http_error(failures[index], request=f"members.list of group {pages[index].group_id}",
+                                           subject=self._subject)
+                if not isinstance(error, GroupNotFoundError):
+                    raise error
+                answers[index] = error
+            if unanswered:
+                raise failures[unanswered[0]]  # the retry policy waits (Retry-After included), then sends the rest
+
+        with self._explained_errors(f"members.list of {len(pages)} groups in one batch"):
+            call_with_retry(send_unanswered, endpoint="members.list", policy=self._retry_policy,
+                            limiter=self._rate_limiter, stats=self.stats, calls=lambda: len(unanswered))
+        return [answers[index] for index in range(len(pages))]
 
     # -- paging, execution, errors -------------------------------------------------------------
 
-    def _pages(self, request, endpoint: str, items_key: str, list_next, *, group: str | None = None) -> Iterator[list]:
+    def _pages(self, request, endpoint: str, items_key: str, list_next) -> Iterator[list]:
         """Yield each page's items; stop on a missing token, refuse a token seen before (endless loop)."""
-        seen_tokens: set[str] = set()
+        seen_tokens: frozenset[str] = frozenset()
         while request is not None:
-            response = self._execute(request, endpoint, group=group)
-            if not isinstance(response, dict):
-                raise MalformedResponseError(
-                    f"{endpoint}: the answer is not a JSON object (got {type(response).__name__}: an HTML page from a "
-                    "proxy, or truncated JSON?); check proxies between dirsync and Google"
-                )
-            items = response.get(items_key, [])  # Google omits the key on an empty page
-            if not isinstance(items, list):
-                raise MalformedResponseError(f"{endpoint}: `{items_key}` is {type(items).__name__}, not a list")
-            yield items
-            token = response.get("nextPageToken")
-            if token in seen_tokens:
-                raise MalformedResponseError(
-                    f"{endpoint}: Google returned a page token it had already returned; stopped paging to avoid "
-                    "an endless loop. Nothing was published; sync again later."
-                )
-            if token:
-                seen_tokens.add(token)
+            response = self._execute(request, endpoint)
+            yield self._page_items(response, endpoint, items_key)
+            seen_tokens = self._new_token(seen_tokens, response, endpoint)
             request = list_next(request, response)
+
+    @staticmethod
+    def _page_items(response: object, endpoint: str, items_key: str) -> list:
+        if not isinstance(response, dict):
+            raise MalformedResponseError(
+                f"{endpoint}: the answer is not a JSON object (got {type(response).__name__}: an HTML page from a "
+                "proxy, or truncated JSON?); check proxies between dirsync and Google"
+            )
+        items = response.get(items_key, [])  # Google omits the key on an empty page
+        if not isinstance(items, list):
+            raise MalformedResponseError(f"{endpoint}: `{items_key}` is {type(items).__name__}, not a list")
+        return items
+
+    @staticmethod
+    def _new_token(seen_tokens: frozenset[str], response: dict, endpoint: str) -> frozenset[str]:
+        """The page tokens seen, with this answer's; a token returned twice would page forever."""
+        token = response.get("nextPageToken")
+        if token in seen_tokens:
+            raise MalformedResponseError(
+                f"{endpoint}: Google returned a page token it had already returned; stopped paging to avoid "
+                "an endless loop. Nothing was published; sync again later."
+            )
+        return seen_tokens | {token} if token else seen_tokens
 
     def _execute(self, request, endpoint: str, *, group: str | None = None) -> object:
         what = f"{endpoint} of group {group}" if group else f"{endpoint} (customer {self._customer})"
-        try:
+        with self._explained_errors(what):
             return call_with_retry(
                 lambda: request.execute(http=self._http()),
                 endpoint=endpoint, policy=self._retry_policy, limiter=self._rate_limiter, stats=self.stats,
             )
+
+    @contextmanager
+    def _explained_errors(self, what: str) -> Iterator[None]:
+        """The client library's exceptions, turned into errors that say what is wrong and how to fix it."""
+        try:
+            yield
         except RefreshError as exc:
             raise explain_refresh_error(exc, subject=self._subject) from None
+        except BatchError:  # a batch answer that is not multipart/mixed
+            raise MalformedResponseError(f"{what}: the batch answer is not multipart/mixed; check proxies between "
+                                         "dirsync and Google") from None
         except HttpError as exc:
             raise explain_http_error(exc, request=what, subject=self._subject) from None
         except json.JSONDecodeError:  # the client's JSON model could not decode a 200 answer

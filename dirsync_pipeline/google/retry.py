@@ -45,18 +45,23 @@ class RetryPolicy:
 class ApiStats:
     """What a sync did on the wire; shown as run metadata and checked by the benchmark."""
 
-    requests: Counter = field(default_factory=Counter)
+    requests: Counter = field(default_factory=Counter)  # API calls, each part of a batch counted (Google's quota does)
     retries: Counter = field(default_factory=Counter)
+    batches: int = 0  # HTTP batch requests, each carrying several calls
     rate_limit_wait_seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count_request(self, endpoint: str) -> None:
+    def count_request(self, endpoint: str, calls: int = 1) -> None:
         with self._lock:
-            self.requests[endpoint] += 1
+            self.requests[endpoint] += calls
 
-    def count_retry(self, cause: str) -> None:
+    def count_batch(self) -> None:
         with self._lock:
-            self.retries[cause] += 1
+            self.batches += 1
+
+    def count_retry(self, cause: str, calls: int = 1) -> None:
+        with self._lock:
+            self.retries[cause] += calls
 
     def add_wait(self, seconds: float) -> None:
         with self._lock:
@@ -68,6 +73,7 @@ class ApiStats:
             **{f"api_requests.{k}": v for k, v in sorted(self.requests.items())},
             "api_retries": sum(self.retries.values()),
             **{f"api_retries.{k}": v for k, v in sorted(self.retries.items())},
+            "api_batch_requests": self.batches,
             "rate_limit_wait_seconds": round(self.rate_limit_wait_seconds, 3),
         }
 
@@ -87,14 +93,17 @@ class RateLimiter:
         self._next_slot = clock()
         self._lock = threading.Lock()
 
-    def acquire(self) -> float:
-        """Wait for the next slot; returns the seconds waited."""
+    def acquire(self, calls: int = 1) -> float:
+        """Wait for the slots of ``calls`` API calls (a batch takes one per part); returns the seconds waited.
+
+        A batch leaves at its last part's slot, so its parts never arrive ahead of the pace."""
         if not self.qps:
             return 0.0
         with self._lock:
             now = self._clock()
-            slot = max(now, self._next_slot)
-            self._next_slot = slot + 1.0 / self.qps
+            first = max(now, self._next_slot)
+            self._next_slot = first + calls / self.qps
+            slot = first + (calls - 1) / self.qps
         wait = slot - now
         if wait > 0:
             self._sleep(wait)
@@ -143,13 +152,18 @@ def call_with_retry(
     limiter: RateLimiter,
     stats: ApiStats,
     rng: random.Random | None = None,
+    calls: Callable[[], int] = lambda: 1,
 ) -> T:
-    """Run ``call`` under the policy; non-retryable errors propagate unchanged for the caller to explain."""
+    """Run ``call`` under the policy; non-retryable errors propagate unchanged for the caller to explain.
+
+    ``calls`` says how many API calls the next attempt sends: a batch re-sends only its parts still
+    unanswered, and each part counts against the quota, the limiter and the statistics.
+    """
     rng = rng or random.Random()
     started = time.monotonic()
     for attempt in range(policy.max_attempts):
-        stats.add_wait(limiter.acquire())
-        stats.count_request(endpoint)
+        stats.add_wait(limiter.acquire(calls()))
+        stats.count_request(endpoint, calls())
         try:
             result = call()
         except Exception as exc:
@@ -167,7 +181,7 @@ def call_with_retry(
                     f"{endpoint}: still failing after {attempt + 1} attempts over {time.monotonic() - started:.0f}s "
                     f"(last: {cause}); {hint}. Nothing was published; the next sync retries."
                 ) from None
-            stats.count_retry(cause)
+            stats.count_retry(cause, calls())
             time.sleep(delay)
             continue
         limiter.succeeded()
