@@ -7,6 +7,7 @@ asset checks; ``published_directory`` makes all of a connection's tables visible
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -99,41 +100,42 @@ def _api_metadata(client: DirectoryClient, started: float) -> dict[str, object]:
 
 
 @dataclass(frozen=True)
-class DirectoryRead:
-    """One connection's directory as read from Google, stamped with the connection and read time."""
+class GroupsRead:
+    """A connection's groups and the member edges of its selected (and nested) groups, as read from Google."""
 
-    users: pl.DataFrame
     groups: pl.DataFrame
     edges: pl.DataFrame
-    metadata: dict[str, object]  # API counters and what the members fetch found
+    metadata: dict[str, object]  # what the members fetch found
 
 
-def read_directory(
-    context: dg.AssetExecutionContext, google: GoogleDirectoryResource, connection: ConnectionConfig
-) -> DirectoryRead:
+@contextmanager
+def users_listed_alongside(client: DirectoryClient, connection: ConnectionConfig) -> Iterator[Future]:
     """users.list pages one after another (each needs the previous page's token), so it runs in its own
     thread alongside groups.list and members.list: one client, one rate limiter, one set of counters.
     With ``max_concurrency: 1`` it runs first instead: one request at a time, strictly sequential."""
-    started = datetime.now(UTC).timestamp()
-    with google.client(connection) as client, ThreadPoolExecutor(1, thread_name_prefix="users") as background:
-        users_listing = background.submit(client.fetch_users)
+    with ThreadPoolExecutor(1, thread_name_prefix="users") as background:
+        listing = background.submit(client.fetch_users)
         if connection.max_concurrency == 1:
-            users_listing.result()  # strictly sequential: every user page before the first group page
-        groups = _with_sync_columns(client.fetch_groups(), connection.id)
-        selected, unknown = selected_group_ids(connection, groups)
-        if unknown:
-            context.log.warning(f"{connection.id}: selected groups not found in the directory: {unknown}")
-        progress = _stop_when_failed(users_listing, FetchProgress(context.log.info, client.stats))
-        fetched = client.fetch_members(selected, on_progress=progress)
-        recounted = client.verify_member_counts(fetched, groups)
-        users = _with_sync_columns(users_listing.result(), connection.id)
+            listing.result()  # every user page before the first group page
+        yield listing
+
+
+def read_groups(
+    context: dg.AssetExecutionContext, client: DirectoryClient, connection: ConnectionConfig, users_listing: Future
+) -> GroupsRead:
+    """groups.list, then members.list of the selected groups and every group nested in them, proven complete."""
+    groups = _with_sync_columns(client.fetch_groups(), connection.id)
+    selected, unknown = selected_group_ids(connection, groups)
+    if unknown:
+        context.log.warning(f"{connection.id}: selected groups not found in the directory: {unknown}")
+    progress = _stop_when_failed(users_listing, FetchProgress(context.log.info, client.stats))
+    fetched = client.fetch_members(selected, on_progress=progress)
+    recounted = client.verify_member_counts(fetched, groups)
     if fetched.missing_group_ids:
         context.log.warning(f"groups deleted during the sync, skipped: {fetched.missing_group_ids}")
-    context.log.info(f"{connection.id}: listed {users.height} users, {groups.height} groups, "
-                     f"{fetched.edges.height} member edges")
-    return DirectoryRead(users, groups, _with_sync_columns(fetched.edges, connection.id, synced_at=False), {
-        **_api_metadata(client, started), "selected_groups": len(selected),
-        "fetched_groups": len(fetched.fetched_group_ids), "unknown_selected_groups": ", ".join(unknown) or "none",
+    return GroupsRead(groups, _with_sync_columns(fetched.edges, connection.id, synced_at=False), {
+        "selected_groups": len(selected), "fetched_groups": len(fetched.fetched_group_ids),
+        "unknown_selected_groups": ", ".join(unknown) or "none",
         "groups_deleted_during_sync": ", ".join(fetched.missing_group_ids) or "none",
         "member_counts_verified": len(fetched.fetched_group_ids), "member_counts_recounted": recounted,
     })
@@ -193,13 +195,22 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
     def google_directory(
         context: dg.AssetExecutionContext, google: GoogleDirectoryResource
     ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-        read = read_directory(context, google, google.connection(context.partition_key))
-        yield table_output(GOOGLE_USERS, read.users, output_name=GOOGLE_USERS.name,
-                           suspended_users=read.users["suspended"].sum(), archived_users=read.users["archived"].sum())
-        yield table_output(GOOGLE_GROUPS, read.groups, output_name=GOOGLE_GROUPS.name)
-        yield table_output(GOOGLE_GROUP_MEMBERS, read.edges, output_name=GOOGLE_GROUP_MEMBERS.name, **read.metadata)
-        for table, frame in ((GOOGLE_USERS, read.users), (GOOGLE_GROUPS, read.groups), (GOOGLE_GROUP_MEMBERS, read.edges)):
-            yield from stage_check_results(table, frame, {GOOGLE_GROUPS: read.groups})
+        connection = google.connection(context.partition_key)
+        started = datetime.now(UTC).timestamp()
+        with google.client(connection) as client, users_listed_alongside(client, connection) as users_listing:
+            read = read_groups(context, client, connection, users_listing)
+            # Staged and checked while users.list may still be paging: the users chain is the longest.
+            yield table_output(GOOGLE_GROUPS, read.groups, output_name=GOOGLE_GROUPS.name)
+            yield table_output(GOOGLE_GROUP_MEMBERS, read.edges, output_name=GOOGLE_GROUP_MEMBERS.name, **read.metadata)
+            for table, frame in ((GOOGLE_GROUPS, read.groups), (GOOGLE_GROUP_MEMBERS, read.edges)):
+                yield from stage_check_results(table, frame, {GOOGLE_GROUPS: read.groups})
+            users = _with_sync_columns(users_listing.result(), connection.id)
+        context.log.info(f"{connection.id}: listed {users.height} users, {read.groups.height} groups, "
+                         f"{read.edges.height} member edges")
+        yield table_output(GOOGLE_USERS, users, output_name=GOOGLE_USERS.name,  # the last output: every call is counted
+                           suspended_users=users["suspended"].sum(), archived_users=users["archived"].sum(),
+                           **_api_metadata(client, started))
+        yield from stage_check_results(GOOGLE_USERS, users, {})
 
     @dg.asset(key=FILTERED_MEMBERSHIPS.asset_key, description=FILTERED_MEMBERSHIPS.description, kinds={"polars", "duckdb"},
               ins={"users": dg.AssetIn(GOOGLE_USERS.asset_key), "groups": dg.AssetIn(GOOGLE_GROUPS.asset_key),

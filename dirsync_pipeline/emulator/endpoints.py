@@ -59,8 +59,9 @@ class Endpoints:
         kept = [u for u in page.items if not faults.drops(u.id)]
         if len(kept) < len(page.items):
             faults.record("dropped_users", len(page.items) - len(kept))
-        items = [user_json(u, self.directory.customer_id, public_view) for u in kept]
-        return page_json("admin#directory#users", "users", items, _next_token(page, "users.list", query, faults))
+        etags = _wants_etags(query)
+        items = [user_json(u, self.directory.customer_id, public_view, etags) for u in kept]
+        return page_json("admin#directory#users", "users", items, _next_token(page, "users.list", query, faults), etags)
 
     def users_get(self, key: str, query: Query) -> dict[str, Any]:
         public_view = _enum(query, "viewType", VIEW_TYPES) == "domain_public"
@@ -94,8 +95,9 @@ class Endpoints:
             return _sorted(groups, (lambda g: g.email) if order else None, descending)
 
         page = self._page("groups.list", defining, build, query, size)
-        items = [group_json(g) for g in page.items]
-        return page_json("admin#directory#groups", "groups", items, _next_token(page, "groups.list", query, faults))
+        etags = _wants_etags(query)
+        items = [group_json(g, etags) for g in page.items]
+        return page_json("admin#directory#groups", "groups", items, _next_token(page, "groups.list", query, faults), etags)
 
     def groups_get(self, key: str) -> dict[str, Any]:
         return group_json(self._group(key))
@@ -117,8 +119,10 @@ class Endpoints:
         kept = [m for m in page.items if not faults.drops_member(group.id, m.id)]
         if len(kept) < len(page.items):
             faults.record("dropped_members", len(page.items) - len(kept))
-        items = [member_json(m) for m in kept]
-        return page_json("admin#directory#members", "members", items, _next_token(page, "members.list", query, faults))
+        etags = _wants_etags(query)
+        items = [member_json(m, etags) for m in kept]
+        return page_json("admin#directory#members", "members", items, _next_token(page, "members.list", query, faults),
+                         etags)
 
     def _expand(self, group: Group, path: frozenset[str]) -> list[Member]:
         """Derived membership: every row, followed by what a GROUP or CUSTOMER row stands for.
@@ -169,6 +173,12 @@ class Endpoints:
         """groups.list?userKey= accepts a user id or any email (outsiders included)."""
         user = self.directory.find_user(user_key)
         return user.id if user else user_key.lower()
+
+
+def _wants_etags(query: Query) -> bool:
+    """Whether the answer can show an etag: not when a `fields` mask names none (etags cost a hash each)."""
+    mask = query.get("fields", "")
+    return not mask.strip() or "etag" in mask or "*" in mask
 
 
 def _has_direct_member(group: Group, member_key: str) -> bool:

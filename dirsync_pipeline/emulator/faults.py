@@ -106,11 +106,11 @@ class FaultPlan:
 
     def drops(self, user_id: str) -> bool:
         """Whether users.list silently leaves this user out (stable for a given seed)."""
-        return _stable_draw(f"{self.seed}:{user_id}") < self.drop_fraction
+        return self.drop_fraction > 0 and _stable_draw(f"{self.seed}:{user_id}") < self.drop_fraction
 
     def drops_member(self, group_id: str, member_id: str) -> bool:
         """Whether members.list silently leaves this row out while still answering 200."""
-        return _stable_draw(f"{self.seed}:{group_id}:{member_id}") < self.drop_members_fraction
+        return self.drop_members_fraction > 0 and _stable_draw(f"{self.seed}:{group_id}:{member_id}") < self.drop_members_fraction
 
     def _rate_limited(self) -> ApiError | None:
         """Token bucket over all API requests: capacity and refill are `rate_limit_qps`."""

@@ -14,6 +14,7 @@ from .wire import ApiError
 
 # A mask maps a field name (or "*") to its sub-mask; None selects the whole subtree.
 Mask = dict[str, "Mask | None"]
+_UNSELECTED: Any = object()  # what `apply` finds for a key its mask does not name
 # A schema maps field names to a sub-schema; None means a leaf or free-form value.
 Schema = dict[str, "Schema | None"]
 
@@ -119,13 +120,12 @@ def apply(value: Any, mask: Mask | None) -> Any:
         return [apply(item, mask) for item in value]
     if not isinstance(value, dict):
         return value
-    selected = {}
-    for key, item in value.items():
-        if key in mask:
-            selected[key] = apply(item, mask[key])
-        elif "*" in mask:
-            selected[key] = apply(item, mask["*"])
-    return selected
+    wildcard = mask.get("*", _UNSELECTED)
+    return {  # in the resource's own key order; a None sub-mask keeps the whole value
+        key: item if sub is None else apply(item, sub)
+        for key, item in value.items()
+        if (sub := mask.get(key, wildcard)) is not _UNSELECTED
+    }
 
 
 def select(payload: dict[str, Any], fields_param: str | None, schema: Schema) -> dict[str, Any]:

@@ -19,11 +19,12 @@ def etag(payload: Any) -> str:
     return '"' + base64.urlsafe_b64encode(digest).decode().rstrip("=") + '"'
 
 
-def _with_etag(kind: str, body: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": kind, "etag": etag(body), **body}
+def _with_etag(kind: str, body: dict[str, Any], with_etag: bool) -> dict[str, Any]:
+    """The resource with its kind and, unless the answer's `fields` mask drops it anyway, its etag."""
+    return {"kind": kind, "etag": etag(body), **body} if with_etag else {"kind": kind, **body}
 
 
-def user_json(user: User, customer_id: str, public_view: bool = False) -> dict[str, Any]:
+def user_json(user: User, customer_id: str, public_view: bool = False, with_etag: bool = True) -> dict[str, Any]:
     emails = [{"address": user.primary_email, "primary": True}] + [{"address": a} for a in user.aliases]
     name = {
         "givenName": user.given_name,
@@ -32,7 +33,8 @@ def user_json(user: User, customer_id: str, public_view: bool = False) -> dict[s
     }
     if public_view:  # viewType=domain_public: what any user of the domain may see
         return _with_etag(
-            "admin#directory#user", {"id": user.id, "primaryEmail": user.primary_email, "name": name, "emails": emails}
+            "admin#directory#user", {"id": user.id, "primaryEmail": user.primary_email, "name": name, "emails": emails},
+            with_etag,
         )
     body: dict[str, Any] = {
         "id": user.id,
@@ -61,10 +63,10 @@ def user_json(user: User, customer_id: str, public_view: bool = False) -> dict[s
         body["aliases"] = list(user.aliases)
     if user.deletion_time:
         body["deletionTime"] = user.deletion_time
-    return _with_etag("admin#directory#user", body)
+    return _with_etag("admin#directory#user", body, with_etag)
 
 
-def group_json(group: Group) -> dict[str, Any]:
+def group_json(group: Group, with_etag: bool = True) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": group.id,
         "email": group.email,
@@ -75,20 +77,22 @@ def group_json(group: Group) -> dict[str, Any]:
     }
     if group.aliases:
         body["aliases"] = list(group.aliases)
-    return _with_etag("admin#directory#group", body)
+    return _with_etag("admin#directory#group", body, with_etag)
 
 
-def member_json(member: Member) -> dict[str, Any]:
+def member_json(member: Member, with_etag: bool = True) -> dict[str, Any]:
     optional = {"email": member.email, "role": member.role, "type": member.type, "status": member.status}
     return _with_etag(
-        "admin#directory#member", {"id": member.id, **{k: v for k, v in optional.items() if v is not None}}
+        "admin#directory#member", {"id": member.id, **{k: v for k, v in optional.items() if v is not None}}, with_etag
     )
 
 
-def page_json(kind: str, items_key: str, items: list[dict[str, Any]], next_token: str | None) -> dict[str, Any]:
+def page_json(
+    kind: str, items_key: str, items: list[dict[str, Any]], next_token: str | None, with_etag: bool = True
+) -> dict[str, Any]:
     """A list page; like Google, an empty page has no items key and the last page no token."""
     body: dict[str, Any] = {items_key: items} if items else {}
-    page = {"kind": kind, "etag": etag([item["etag"] for item in items]), **body}
+    page = {"kind": kind, "etag": etag([item["etag"] for item in items]), **body} if with_etag else {"kind": kind, **body}
     if next_token:
         page["nextPageToken"] = next_token
     return page
