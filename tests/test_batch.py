@@ -60,14 +60,15 @@ def test_a_part_that_fails_transiently_is_sent_again_alone(emulator, directory):
     assert c.stats.as_metadata()["api_requests.members.list"] == minimum + 2
 
 
-def test_a_rate_limited_part_waits_for_retry_after(emulator, directory):
-    sales = directory.find_group("sales@acme.test")
-    emulator.faults.scripted.append(
-        ScriptedFault("members.list", 429, "rateLimitExceeded", group_key=sales.email, retry_after=0.4))
+def test_rate_limited_parts_wait_for_the_longest_retry_after(emulator, directory):
+    listed = client(emulator).fetch_groups()["email"].to_list()  # one batch of up to 50 parts, in this order
+    emulator.faults.scripted += [
+        ScriptedFault("members.list", 429, "rateLimitExceeded", group_key=listed[0], retry_after=0.1),
+        ScriptedFault("members.list", 429, "rateLimitExceeded", group_key=listed[-1], retry_after=0.5)]
     started = time.monotonic()
-    c, fetched, _ = all_members(emulator, batch_size=50)
-    assert time.monotonic() - started >= 0.4
-    assert sales.id in fetched.fetched_group_ids and c.stats.retries["rate_limited"] == 1
+    c, fetched, _ = all_members(emulator, max_concurrency=1, batch_size=50)
+    assert time.monotonic() - started >= 0.5
+    assert len(fetched.fetched_group_ids) == len(directory.groups) and c.stats.retries["rate_limited"] == 2
 
 
 def test_a_group_deleted_mid_sync_is_skipped_inside_a_batch(emulator, directory):

@@ -45,7 +45,14 @@ from dirsync_pipeline.google.records import (
     pages_to_frame,
     user_row,
 )
-from dirsync_pipeline.google.retry import ApiStats, RateLimiter, RetryPolicy, call_with_retry, retry_cause
+from dirsync_pipeline.google.retry import (
+    ApiStats,
+    RateLimiter,
+    RetryPolicy,
+    call_with_retry,
+    retry_after,
+    retry_cause,
+)
 
 USERS_PAGE_SIZE = 500  # Google's maximum for users.list
 GROUPS_PAGE_SIZE = 200  # maximum for groups.list and members.list
@@ -265,8 +272,8 @@ class DirectoryClient:
                 if not isinstance(error, GroupNotFoundError):
                     raise error
                 answers[index] = error
-            if unanswered:
-                raise failures[unanswered[0]]  # the retry policy waits (Retry-After included), then sends the rest
+            if unanswered:  # the retry policy waits (the longest Retry-After of a part), then sends these again
+                raise max((failures[index] for index in unanswered), key=lambda error: retry_after(error) or 0.0)
 
         with self._explained_errors(f"members.list of {len(pages)} groups in one batch"):
             call_with_retry(send_unanswered, endpoint="members.list", policy=self._retry_policy,

@@ -134,7 +134,8 @@ def retry_cause(exc: BaseException) -> str | None:
     return None
 
 
-def _retry_after(exc: BaseException) -> float | None:
+def retry_after(exc: BaseException) -> float | None:
+    """The seconds Google asked to wait before trying again (`Retry-After`), if it said."""
     if isinstance(exc, HttpError):
         value = exc.resp.get("retry-after")
         try:
@@ -172,7 +173,7 @@ def call_with_retry(
                 raise
             if cause == "rate_limited":
                 limiter.throttled()
-            delay = policy.backoff(attempt, _retry_after(exc), rng)
+            delay = policy.backoff(attempt, retry_after(exc), rng)
             out_of_attempts = attempt + 1 >= policy.max_attempts
             if out_of_attempts or time.monotonic() - started + delay > policy.total_budget:
                 hint = "could not reach the API endpoint: check api_endpoint and the network" if cause == "network" \
