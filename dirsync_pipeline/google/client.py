@@ -88,8 +88,18 @@ class MembersPage:
     """One members.list page still to read: its group, its request, the page tokens the group returned so far."""
 
     group_id: str
-    request: HttpRequest
+    request: HttpRequest | None = None  # None: the group's first page, built by the worker that sends it
     seen_tokens: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class MembersPageRead:
+    """What one page brought: its member rows and the group's next page, or the news that the group is gone."""
+
+    group_id: str
+    rows: list[tuple]
+    next_page: MembersPage | None
+    vanished: bool = False
 
 
 class DirectoryClient:
@@ -155,37 +165,33 @@ class DirectoryClient:
         fetched: list[str] = []
         missing: list[str] = []
         partial: dict[str, list[tuple]] = {}  # rows of the groups whose last page has not arrived yet
-        waiting = deque(self._first_members_page(group_id) for group_id in dict.fromkeys(group_ids))
+        waiting = deque(MembersPage(group_id) for group_id in dict.fromkeys(group_ids))
         seen = {page.group_id for page in waiting}
         with ThreadPoolExecutor(self._max_concurrency, thread_name_prefix="members") as pool:
-            in_flight: dict[Future, list[MembersPage]] = {}
+            in_flight: set[Future] = set()
             try:
                 while waiting or in_flight:
                     while waiting and len(in_flight) < 2 * self._max_concurrency:
-                        batch = self._take_batch(waiting)
-                        in_flight[pool.submit(self._read_members_pages, batch)] = batch
+                        in_flight.add(pool.submit(self._read_members_pages, self._take_batch(waiting)))
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     for future in done:
-                        for page, answer in zip(in_flight.pop(future), future.result()):
-                            group_id = page.group_id
-                            if isinstance(answer, GroupNotFoundError):
+                        in_flight.remove(future)
+                        for read in future.result():
+                            group_id = read.group_id
+                            if read.vanished:
                                 partial.pop(group_id, None)
                                 missing.append(group_id)
                                 continue
-                            rows = partial.setdefault(group_id, [])
-                            what = f"members.list of group {group_id}"
-                            rows.extend(member_row(group_id, m) for m in self._page_items(answer, what, "members"))
-                            next_request = self._members.list_next(page.request, answer)
-                            if next_request is not None:
-                                waiting.appendleft(MembersPage(group_id, next_request,
-                                                               self._new_token(page.seen_tokens, answer, what)))
+                            partial.setdefault(group_id, []).extend(read.rows)
+                            if read.next_page is not None:
+                                waiting.appendleft(read.next_page)
                                 continue
                             group_edges = partial.pop(group_id)
                             fetched.append(group_id)
                             edges.extend(group_edges)
                             for nested in {e[1] for e in group_edges if e[3] == "GROUP"} - seen:
                                 seen.add(nested)
-                                waiting.append(self._first_members_page(nested))
+                                waiting.append(MembersPage(nested))
                     if on_progress:
                         on_progress(len(fetched) + len(missing), len(seen))
             except BaseException:
@@ -227,24 +233,37 @@ class DirectoryClient:
         request = self._groups.get(groupKey=group_id, fields="id,email,directMembersCount")
         return group_row(self._execute(request, "groups.get", group=group_id))[GROUP_COUNT_FIELD]
 
-    def _first_members_page(self, group_id: str) -> MembersPage:
-        return MembersPage(group_id, self._members.list(groupKey=group_id, maxResults=MEMBERS_PAGE_SIZE, fields=MEMBER_FIELDS))
-
     def _take_batch(self, waiting: deque[MembersPage]) -> list[MembersPage]:
         """The next pages to send together: up to ``batch_size``, fewer when that leaves workers idle."""
         size = min(self._batch_size, math.ceil(len(waiting) / self._max_concurrency))
         return [waiting.popleft() for _ in range(size)]
 
-    def _read_members_pages(self, pages: list[MembersPage]) -> list[object]:
+    def _read_members_pages(self, pages: list[MembersPage]) -> list[MembersPageRead]:
+        """Fetch and parse the pages in this worker thread: the loop that schedules them stays free."""
+        requests = [page.request or self._members.list(groupKey=page.group_id, maxResults=MEMBERS_PAGE_SIZE,
+                                                       fields=MEMBER_FIELDS) for page in pages]
+        answers = self._send_members_requests(pages, requests)
+        return [self._members_page_read(page, request, answer) for page, request, answer in zip(pages, requests, answers)]
+
+    def _members_page_read(self, page: MembersPage, request: HttpRequest, answer: object) -> MembersPageRead:
+        if isinstance(answer, GroupNotFoundError):
+            return MembersPageRead(page.group_id, [], None, vanished=True)
+        what = f"members.list of group {page.group_id}"
+        rows = [member_row(page.group_id, member) for member in self._page_items(answer, what, "members")]
+        next_request = self._members.list_next(request, answer)
+        next_page = None if next_request is None else MembersPage(
+            page.group_id, next_request, self._new_token(page.seen_tokens, answer, what))
+        return MembersPageRead(page.group_id, rows, next_page)
+
+    def _send_members_requests(self, pages: list[MembersPage], requests: list[HttpRequest]) -> list[object]:
         """Each page's answer in order: the JSON response, or the GroupNotFoundError of a vanished group.
 
         One page goes as a plain request; several go as one batch request whose parts are retried alone:
         a part that failed transiently is sent again, in a smaller batch, without the parts that succeeded.
         """
         if len(pages) == 1:
-            page = pages[0]
             try:
-                return [self._execute(page.request, "members.list", group=page.group_id)]
+                return [self._execute(requests[0], "members.list", group=pages[0].group_id)]
             except GroupNotFoundError as vanished:
                 return [vanished]
         answers: dict[int, object] = {}
@@ -262,7 +281,7 @@ class DirectoryClient:
 
             batch = LeanBatchHttpRequest(batch_uri=self._batch_uri)
             for index in unanswered:
-                batch.add(pages[index].request, callback=collect, request_id=str(index))
+                batch.add(requests[index], callback=collect, request_id=str(index))
             self.stats.count_batch()
             batch.execute(http=self._http())
             unanswered = sorted(index for index, error in failures.items() if retry_cause(error))
