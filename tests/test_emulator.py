@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import subprocess
@@ -32,6 +33,7 @@ from dirsync_pipeline.emulator import (
 )
 from dirsync_pipeline.emulator.fields import select
 from dirsync_pipeline.emulator.render import USERS_SCHEMA
+from dirsync_pipeline.emulator.service import STATS_PATH
 from dirsync_pipeline.emulator.wire import ApiError
 
 SCOPES = [
@@ -685,6 +687,21 @@ def test_stopped_emulator_stops_answering(fresh: DirectoryEmulator) -> None:
     fresh.stop()
     with pytest.raises(OSError):
         svc.groups().list(customer="my_customer").execute()
+
+
+def test_a_burst_of_connections_is_accepted_at_once() -> None:
+    """Like a 32-thread client's start: no connection waits for the retransmission of a dropped handshake (1 s)."""
+    with DirectoryEmulator(generate_directory(20, 3, seed=1)) as emulator:
+        started = time.monotonic()
+        connections = [http.client.HTTPConnection("127.0.0.1", emulator.port, timeout=10) for _ in range(40)]
+        for connection in connections:
+            connection.request("GET", STATS_PATH)
+        statuses = [connection.getresponse().status for connection in connections]
+        elapsed = time.monotonic() - started
+        for connection in connections:
+            connection.close()
+    assert statuses == [200] * 40
+    assert elapsed < 1.0
 
 
 # ----- command line ----------------------------------------------------------------------

@@ -59,6 +59,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # The stdlib's backlog of 5 makes the kernel drop the handshakes of a 32-thread client's first burst,
+    # which then wait about a second for a retransmission; Google accepts them at once.
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(self, address: tuple[str, int], service: DirectoryService) -> None:
         self.service = service
