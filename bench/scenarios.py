@@ -67,6 +67,7 @@ S1_SEQUENTIAL = Reader(1, 1, None, "sequential baseline (concurrency 1, no batch
 # Exactly the quota: the limiter spaces calls evenly and caps a batch at a quarter second of it (10 parts);
 # the emulator's 1-second bucket absorbs the jitter.
 S2_READER = Reader(8, 50, GOOGLE_QPS, "concurrency 8, limiter 40 q/s, batches of ≤ 10")
+S1_RUNS = 3  # odd: the median is one of the runs
 TIMEOUTS = {"S1": 600.0, "S2": 1200.0, "S3": 300.0, "demo": 120.0}
 
 
@@ -175,22 +176,28 @@ def _sync_runs(users: int, groups: int, latency_ms: float, emulator_qps: float |
 
 
 def run_s1(sizes: Sizes, workdir: Path) -> Outcome:
-    """20k users / 2k groups at 20 ms: concurrent, then the sequential baseline against the same emulator."""
+    """20k users / 2k groups at 20 ms: the concurrent sync S1_RUNS times, then the sequential baseline, against
+    the same emulator. Each sync is a first sync into its own folder. A run of a few seconds on a shared
+    2-core machine varies by a second or more, so the concurrent figure is the median run (all runs shown)."""
     users, groups, latency = sizes.s1
-    truth, (concurrent, sequential) = _sync_runs(
+    truth, runs = _sync_runs(
         users, groups, latency, None,
-        [(workdir / "s1", S1_READER), (workdir / "s1-sequential", S1_SEQUENTIAL)],
+        [*((workdir / f"s1-run{i}", S1_READER) for i in range(1, S1_RUNS + 1)), (workdir / "s1-sequential", S1_SEQUENTIAL)],
         TIMEOUTS["S1"])
+    *concurrent_runs, sequential = runs
     name = f"S1 {users:,} users / {groups:,} groups, {latency:g} ms"
-    conc_label, seq_label = S1_READER.label, S1_SEQUENTIAL.label
-    targets = [*_sync_targets("S1", conc_label, concurrent, truth, sizes.small),
-               *_sync_targets("S1", seq_label, sequential, truth, sizes.small)]
-    if concurrent.measured.ok and sequential.measured.ok:
+    walls = ", ".join(f"{run.measured.wall_seconds:.1f}" for run in concurrent_runs)
+    conc_label = f"{S1_READER.label} (median of {S1_RUNS} runs: {walls} s)"
+    seq_label = S1_SEQUENTIAL.label
+    targets = [target for run in concurrent_runs for target in _sync_targets("S1", S1_READER.label, run, truth, sizes.small)]
+    targets += _sync_targets("S1", seq_label, sequential, truth, sizes.small)
+    concurrent = sorted(concurrent_runs, key=lambda run: run.measured.wall_seconds)[S1_RUNS // 2]
+    if all(run.measured.ok for run in runs):
         wall, base = concurrent.measured.wall_seconds, sequential.measured.wall_seconds
         targets += [
-            _judge("S1", "wall < 10 s", f"{wall:.1f} s", wall < 10, timing=True, small=sizes.small),
-            _judge("S1", "wall ≥ 10× below the sequential baseline", f"{base / wall:.1f}× ({base:.1f} s / {wall:.1f} s)",
-                   base / wall >= 10, timing=True, small=sizes.small),
+            _judge("S1", "wall < 10 s (median run)", f"{wall:.1f} s", wall < 10, timing=True, small=sizes.small),
+            _judge("S1", "wall ≥ 10× below the sequential baseline (median run)",
+                   f"{base / wall:.1f}× ({base:.1f} s / {wall:.1f} s)", base / wall >= 10, timing=True, small=sizes.small),
         ]
     return Outcome([_sync_figures(name, conc_label, concurrent, truth), _sync_figures(name, seq_label, sequential, truth)],
                    targets)
