@@ -24,15 +24,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> int:
-    """The `dirsync` process (console script and ``python -m``): ``main``, then a quick exit.
+    """The `dirsync` process (console script and ``python -m``): ``main``, its imports frozen, and a quick exit.
 
-    When the interpreter exits it frees every object one by one, and its final garbage collections walk
-    the whole heap: Dagster, pydantic and the Google client leave millions of objects, so exiting took
-    ~0.5 s after a bare import and ~1 s after a sync. Everything dirsync opened is closed by then (the
-    run's DuckDB connection and Dagster instance, the emulators), and atexit handlers and the flush of
-    stdout/stderr still run. So the heap is frozen (``gc.freeze``): the final collections skip it.
-    Not in ``main``, which tests call in their own process.
+    The imports live until exit, so their objects are frozen before ``main`` (cli/heap.py). At exit the
+    interpreter frees objects one by one and its final collections walk the heap: ~0.5 s after a bare
+    import and ~1 s after a sync. Everything dirsync opened is closed by then (the run's DuckDB
+    connection and Dagster instance, the emulators), and atexit handlers and the flush of stdout/stderr
+    still run; so the whole heap is frozen, and the final collections skip it. Not in ``main``, which
+    tests call in their own process.
     """
+    gc.freeze()
     code = main()
     gc.freeze()
     return code
