@@ -1,21 +1,28 @@
-"""`dirsync`: the command line. Each command lives in its own module and registers itself here."""
+"""`dirsync`: the command line. Each command lives in its own module and registers itself here.
+
+Only the module of the command being run is imported: the others pull in what it does not need (the
+OAuth consent flow of ``authorize`` alone is ~200 modules, ~60 ms of every ``dirsync sync``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import sys
 from collections.abc import Sequence
 
-from dirsync_pipeline.cli import authorize, check, emulator, explain, groups, remap, sync
 from dirsync_pipeline.config import ConfigError
 from dirsync_pipeline.google.errors import DirectoryError
 
-COMMAND_MODULES = (sync, groups, emulator, remap, explain, authorize, check)
+# Command -> the module (of this package) that registers and runs it, in the order `dirsync --help` lists them.
+COMMAND_MODULES = {"sync": "sync", "demo": "sync", "groups": "groups", "emulator": "emulator", "remap": "remap",
+                   "explain": "explain", "authorize": "authorize", "check": "check"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return args.command(args)
     except (ConfigError, DirectoryError) as exc:
@@ -39,9 +46,11 @@ def run() -> int:
     return code
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``command`` alone when it is one, else of every command (for help and usage errors)."""
     parser = argparse.ArgumentParser(prog="dirsync", description="Google Workspace directory sync on Dagster.")
     subcommands = parser.add_subparsers(required=True, metavar="COMMAND")
-    for module in COMMAND_MODULES:
-        module.register(subcommands)
+    modules = [COMMAND_MODULES[command]] if command in COMMAND_MODULES else list(dict.fromkeys(COMMAND_MODULES.values()))
+    for module in modules:
+        importlib.import_module(f"{__name__}.{module}").register(subcommands)
     return parser
