@@ -21,8 +21,16 @@ COMMAND_MODULES = {"sync": "sync", "demo": "sync", "groups": "groups", "emulator
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return execute(parse_args(argv))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv[0] if argv else None).parse_args(argv)
+    return build_parser(argv[0] if argv else None).parse_args(argv)
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Run the parsed command; a bad config or a Google error is exit code 2, with what to fix."""
     try:
         return args.command(args)
     except (ConfigError, DirectoryError) as exc:
@@ -33,15 +41,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> int:
     """The `dirsync` process (console script and ``python -m``): ``main``, its imports frozen, and a quick exit.
 
-    The imports live until exit, so their objects are frozen before ``main`` (cli/heap.py). At exit the
-    interpreter frees objects one by one and its final collections walk the heap: ~0.5 s after a bare
-    import and ~1 s after a sync. Everything dirsync opened is closed by then (the run's DuckDB
+    Parsing imports the command's module, and with it nearly everything the process will hold until
+    exit: frozen, those objects are skipped by the command's garbage collections (cli/heap.py). At exit
+    the interpreter frees objects one by one and its final collections walk the heap: ~0.5 s after a
+    bare import and ~1 s after a sync. Everything dirsync opened is closed by then (the run's DuckDB
     connection and Dagster instance, the emulators), and atexit handlers and the flush of stdout/stderr
     still run; so the whole heap is frozen, and the final collections skip it. Not in ``main``, which
     tests call in their own process.
     """
+    args = parse_args()
     gc.freeze()
-    code = main()
+    code = execute(args)
     gc.freeze()
     return code
 
