@@ -1,7 +1,8 @@
 """The table contract: every published table, its columns, types, keys and meaning, defined once.
 
-DuckDB DDL, the pandera schemas that validate each stage, the Dagster column schemas shown in the UI
-and docs/tables.md are all derived from these specs, so they cannot drift apart.
+DuckDB DDL, the pandera schemas that validate each stage, their SQL form that checks what a publish
+writes, the Dagster column schemas shown in the UI and docs/tables.md are all derived from these specs,
+so they cannot drift apart.
 """
 
 from __future__ import annotations
