@@ -33,6 +33,7 @@ from dirsync_pipeline.tables import (
     ROLE_MAPPED_ENTITLEMENTS,
     SCHEMA_VERSION,
     Table,
+    sql_literal,
 )
 
 MANIFEST = "manifest.json"
@@ -82,10 +83,10 @@ def write_version(
     files = {}
     for name, table in OUTPUT_FILES.items():
         query = (f"SELECT {', '.join(table.column_names)} FROM {table.qualified_name} "
-                 f"WHERE connection_id = {_sql(connection_id)}")
+                 f"WHERE connection_id = {sql_literal(connection_id)}")
         if table is DIRECTORY_CHANGES:
-            query += f" AND sync_id = {_sql(sync_id)}"
-        target = _sql(str(partial / f"{name}.parquet"))
+            query += f" AND sync_id = {sql_literal(sync_id)}"
+        target = sql_literal(str(partial / f"{name}.parquet"))
         rows = conn.execute(f"COPY ({query}) TO {target} (FORMAT parquet)").fetchall()[0][0]
         files[name] = {"path": f"{final.name}/{name}.parquet", "rows": rows, "table": table.qualified_name}
     manifest = {"schema_version": SCHEMA_VERSION, "connection_id": connection_id, "sync_id": sync_id,
@@ -127,8 +128,3 @@ def _write_atomically(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(partial, path)
-
-
-def _sql(value: str) -> str:
-    """A SQL string literal (COPY takes no parameters)."""
-    return "'" + value.replace("'", "''") + "'"

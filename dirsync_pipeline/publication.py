@@ -14,12 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
-import polars as pl
 
 from dirsync_pipeline.changes import PUBLISHED, DirectoryState, insert_directory_changes
 from dirsync_pipeline.history import ENTITLEMENTS, MEMBERSHIPS, advance_history
 from dirsync_pipeline.outputs import PendingVersion, write_version
-from dirsync_pipeline.tables import DIRECTORY_CHANGES, SYNC_LOG, VALIDATED_ROWS_PER_CHUNK, Table
+from dirsync_pipeline.tables import DIRECTORY_CHANGES, SYNC_LOG, Table
 
 
 class Publication:
@@ -61,17 +60,21 @@ class Publication:
             self.version.activate()
 
     def _validate_written(self, table: Table) -> None:
-        """Check the rows this sync wrote to ``table`` against the contract, streamed in chunks.
+        """Check the rows this sync wrote to ``table`` against the contract, in DuckDB.
 
         Nothing outside the contract is ever published: a failure raises and the transaction rolls back.
-        pandera checks each chunk; SQL checks the key across chunks.
+        The table's DDL holds the contract's columns and types; ``Table.sql_rules`` are its rules on values,
+        with pandera's verdicts, counted in one pass without fetching the rows (pandera over them took 0.2 s
+        of a first S1 publish); a second query checks the key.
         """
         where = f"FROM {table.qualified_name} WHERE connection_id = $connection_id AND sync_id = $sync_id"
         params = {"connection_id": self.connection_id, "sync_id": self.sync_id}
-        schema = table.pandera_schema(unique_key=False)
-        rows = self.conn.sql(f"SELECT {', '.join(table.column_names)} {where}", params=params)
-        for batch in rows.to_arrow_reader(VALIDATED_ROWS_PER_CHUNK):
-            schema.validate(table.typed(pl.from_arrow(batch)))
+        rules = table.sql_rules()
+        counts = self.conn.execute(
+            f"SELECT {', '.join(f'count(*) FILTER (WHERE {r.broken})' for r in rules)} {where}", params).fetchall()[0]
+        if broken_rules := [f"{r.column}: {r.rule} ({n} rows)" for r, n in zip(rules, counts, strict=True) if n]:
+            raise ValueError(f"{table.qualified_name}: rows written by sync {self.sync_id} break the contract: "
+                             + "; ".join(broken_rules))
         key = ", ".join(table.key)
         duplicated = self.conn.execute(
             f"SELECT count(*) FROM (SELECT {key} {where} GROUP BY {key} HAVING count(*) > 1)", params).fetchall()[0][0]

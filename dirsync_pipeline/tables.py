@@ -1,12 +1,14 @@
 """The table contract: every published table, its columns, types, keys and meaning, defined once.
 
-DuckDB DDL, the pandera schemas that validate each stage, the Dagster column schemas shown in the UI
-and docs/tables.md are all derived from these specs, so they cannot drift apart.
+DuckDB DDL, the pandera schemas that validate each stage, their SQL form that checks what a publish
+writes, the Dagster column schemas shown in the UI and docs/tables.md are all derived from these specs,
+so they cannot drift apart.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import dagster as dg
 import duckdb
@@ -26,6 +28,14 @@ class Column:
     description: str
     nullable: bool = False
     checks: tuple[pa.Check, ...] = ()
+
+
+class SqlRule(NamedTuple):
+    """One rule of the contract on a column's values, as SQL."""
+
+    column: str
+    rule: str  # what the contract requires, as pandera names it
+    broken: str  # SQL condition, true for a row that breaks the rule
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,20 @@ class Table:
             name=self.qualified_name,
         )
 
+    def sql_rules(self) -> list[SqlRule]:
+        """The contract's rules on values as SQL conditions, true for each row that breaks one.
+
+        The same verdicts as ``pandera_schema`` on rows of this table (tests/test_contract_sql.py compares
+        them): non-null columns, and each column check on the values that are not null (pandera's checks
+        ignore nulls). The columns and their types are the table's DDL. The key is checked apart.
+        """
+        if self.extra_checks:
+            raise ValueError(f"{self.qualified_name}: table-wide checks have no SQL form")
+        rules = [SqlRule(c.name, "not null", f"{c.name} IS NULL") for c in self.columns if not c.nullable]
+        rules += [SqlRule(c.name, check.error, f"{c.name} IS NOT NULL AND NOT ({_sql_check(check, c.name)})")
+                  for c in self.columns for check in c.checks]
+        return rules
+
     def dagster_column_schema(self) -> dg.TableSchema:
         return dg.TableSchema(
             columns=[
@@ -80,6 +104,35 @@ class Table:
                 for c in self.columns
             ]
         )
+
+
+def sql_literal(value: str) -> str:
+    """A SQL string literal, for the statements that take no parameters (COPY, checks built from the contract)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _sql_check(check: pa.Check, column: str) -> str:
+    """SQL true where ``column``'s (non-null) value passes ``check``, as pandera's polars backend decides it.
+
+    Regular expressions: polars and DuckDB (RE2) agree on the contract's patterns; str_matches anchors
+    at the start like pandera, str_contains searches. Lengths count characters, as polars' len_chars.
+    """
+    arguments = check.statistics
+    match check.name:
+        case "str_matches":
+            pattern = arguments["pattern"]
+            return f"regexp_matches({column}, {sql_literal(pattern if pattern.startswith('^') else '^' + pattern)})"
+        case "str_contains":
+            return f"regexp_matches({column}, {sql_literal(arguments['pattern'])})"
+        case "str_startswith":
+            return f"starts_with({column}, {sql_literal(arguments['string'])})"
+        case "str_length" if arguments["max_value"] is None and arguments["exact_value"] is None:
+            return f"length({column}) >= {int(arguments['min_value'])}"
+        case "isin":
+            return f"{column} IN ({', '.join(sql_literal(v) for v in arguments['allowed_values'])})"
+        case "greater_than_or_equal_to":
+            return f"{column} >= {int(arguments['min_value'])}"
+    raise ValueError(f"check {check.name} of column {column} has no SQL form: add one to tables._sql_check")
 
 
 def _connection_id() -> Column:

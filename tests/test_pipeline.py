@@ -12,7 +12,8 @@ from dirsync_pipeline.assets import build_sync_assets
 from dirsync_pipeline.checks import publish_gate_failures
 from dirsync_pipeline.definitions import build_definitions
 from dirsync_pipeline.emulator import DirectoryEmulator, FaultPlan, Member, ScriptedFault, generate_directory
-from dirsync_pipeline.tables import GOOGLE_GROUP_MEMBERS, GOOGLE_GROUPS, GOOGLE_USERS, SYNC_TABLES
+from dirsync_pipeline.resources import StagingIOManager, loads_in_run
+from dirsync_pipeline.tables import GOOGLE_GROUP_MEMBERS, GOOGLE_GROUPS, GOOGLE_USERS, SYNC_TABLES, TABLES_BY_ASSET_KEY
 from dirsync_pipeline.warehouse import Warehouse
 from tests.conftest import write_config
 from tests.oracle import expected_entitlements, expected_memberships
@@ -168,3 +169,26 @@ def test_definitions_load_and_schedule_fans_out_over_connections(tmp_path, emula
         requests = schedule.evaluate_tick(context).run_requests
     assert [(r.partition_key, r.tags["dirsync/trigger"]) for r in requests] == [("acme", "schedule"), ("beta", "schedule")]
     assert len({r.run_key for r in requests}) == 2
+
+
+def test_steps_load_the_frames_this_run_staged_exactly_as_staging_holds_them(tmp_path, emulator, monkeypatch):
+    """A stage is handed to the run's later steps from memory: the same frame a read of staging returns."""
+    job = build_definitions(str(write_config(tmp_path, [connection(emulator)]))).resolve_job_def("directory_sync")
+    expected_loads = {GOOGLE_USERS: 1, GOOGLE_GROUPS: 3, GOOGLE_GROUP_MEMBERS: 2}
+    assert {t: loads_in_run(job, t.asset_key) for t in expected_loads} == expected_loads
+    assert [loads_in_run(job, t.asset_key) for t in SYNC_TABLES[3:]] == [2, 1, 0]  # memberships, entitlements, why
+    loaded, staged_reads = [], []
+    load_input, read_staged = StagingIOManager.load_input, Warehouse.read_staged
+
+    def spy_load(self, context):
+        frame = load_input(self, context)
+        loaded.append((TABLES_BY_ASSET_KEY[context.asset_key], frame))
+        return frame
+
+    monkeypatch.setattr(StagingIOManager, "load_input", spy_load)
+    monkeypatch.setattr(Warehouse, "read_staged", lambda self, *a: staged_reads.append(a) or read_staged(self, *a))
+    assert job.execute_in_process(partition_key="acme", instance=dg.DagsterInstance.ephemeral()).success
+    assert len(loaded) == 9 and staged_reads == []
+    store = Warehouse(tmp_path / "dirsync.duckdb")
+    for table, frame in loaded:
+        assert frame.equals(read_staged(store, table, "acme")), table.name

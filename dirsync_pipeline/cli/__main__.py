@@ -1,3 +1,3 @@
-from dirsync_pipeline.cli import main
+from dirsync_pipeline.cli import run
 
-raise SystemExit(main())
+raise SystemExit(run())

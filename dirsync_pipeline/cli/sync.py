@@ -11,6 +11,7 @@ from collections.abc import Callable
 import dagster as dg
 import duckdb
 
+from dirsync_pipeline.cli.heap import freeze_long_lived
 from dirsync_pipeline.cli.options import add_config_args, selected_connection_ids
 from dirsync_pipeline.config import CONFIG_ENV_VAR, DirsyncConfig, load_config
 from dirsync_pipeline.jobs import TRIGGER_TAG
@@ -87,6 +88,7 @@ def run_sync(
     would also keep every step's output (each stage's frame) in memory until the run ends, for tests.
     """
     job = dg.build_reconstructable_job(__name__, sync_job.__name__, reconstructable_args=(config_path, job_name))
+    freeze_long_lived()  # the job's definitions and Dagster's execution modules: the run's collections skip them
     with _instance() as instance:
         result = dg.execute_job(
             job, instance=instance, raise_on_error=False,
