@@ -4,8 +4,8 @@ and a publish whose written rows break one is refused and leaves nothing behind.
 from __future__ import annotations
 
 import duckdb
-import polars as pl
 import pandera.polars as pa
+import polars as pl
 import pytest
 
 from dirsync_pipeline.tables import HISTORY_TABLES, SYNC_LOG, SYNC_TABLES, Column, Table
