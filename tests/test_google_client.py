@@ -9,7 +9,7 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 
 from dirsync_pipeline.config import CredentialsConfig
-from dirsync_pipeline.emulator import DirectoryEmulator, FaultPlan, ScriptedFault
+from dirsync_pipeline.emulator import DirectoryEmulator, ScriptedFault
 from dirsync_pipeline.google.auth import READONLY_SCOPES, build_credentials
 from dirsync_pipeline.google.client import DirectoryClient
 from dirsync_pipeline.google.errors import AuthorizationError, MalformedResponseError
