@@ -129,8 +129,8 @@ class DirectoryClient:
         self._max_concurrency = max_concurrency
         self._retry_policy = retry_policy or RetryPolicy()
         self._rate_limiter = rate_limiter or RateLimiter(qps=None)
-        quota_cap = self._rate_limiter.max_qps and max(1, int(self._rate_limiter.max_qps * BATCH_SHARE_OF_QPS))
-        self._batch_size = min(batch_size, quota_cap or batch_size)
+        max_qps = self._rate_limiter.max_qps
+        self._batch_size = min(batch_size, max(1, int(max_qps * BATCH_SHARE_OF_QPS))) if max_qps else batch_size
         self._batch_uri = urljoin(api_endpoint or GOOGLE_ROOT_URL, BATCH_PATH)
         self._thread_http = threading.local()
         self.stats = ApiStats()

@@ -163,8 +163,9 @@ def call_with_retry(
     rng = rng or random.Random()
     started = time.monotonic()
     for attempt in range(policy.max_attempts):
-        stats.add_wait(limiter.acquire(calls()))
-        stats.count_request(endpoint, calls())
+        sending = calls()
+        stats.add_wait(limiter.acquire(sending))
+        stats.count_request(endpoint, sending)
         try:
             result = call()
         except Exception as exc:
