@@ -31,6 +31,7 @@ from dirsync_pipeline.emulator import (
     ScriptedFault,
     generate_directory,
 )
+from dirsync_pipeline.emulator import endpoints, paging
 from dirsync_pipeline.emulator.fields import select
 from dirsync_pipeline.emulator.render import USERS_SCHEMA
 from dirsync_pipeline.emulator.service import STATS_PATH
@@ -208,6 +209,24 @@ def test_users_paging_returns_each_user_once(emu: DirectoryEmulator, svc: Resour
     assert sorted(u["id"] for u in users) == sorted(directory.users)
     assert [u["primaryEmail"] for u in users] == sorted(u["primaryEmail"] for u in users)
     assert emu.request_counts()["users.list"] == 3
+
+
+def test_member_listings_do_not_evict_the_users_listing_between_its_pages(
+    emu: DirectoryEmulator, svc: Resource, directory: Directory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync reads members.list of every group while users.list pages: the users listing is not sorted again."""
+    users = svc.users()
+    request = users.list(customer="my_customer", maxResults=500, orderBy="email")
+    first = request.execute()  # the sorted users listing is cached now
+    sorts: list[int] = []
+    real_sorted = endpoints._sorted
+    monkeypatch.setattr(endpoints, "_sorted", lambda items, *a: sorts.append(len(items)) or real_sorted(items, *a))
+    assert len(directory.groups) > paging.LISTINGS_CACHED  # enough listings to evict any shared cache entry
+    for group_id in directory.groups:
+        svc.members().list(groupKey=group_id).execute()
+    rest, _pages = list_all(users.list_next(request, first), users.list_next, "users")
+    assert len(first["users"]) + len(rest) == len(directory.active_users())
+    assert len(directory.active_users()) not in sorts, "the users listing was rebuilt and sorted between its pages"
 
 
 def test_users_sorted_by_given_name_descending(svc: Resource) -> None:

@@ -33,7 +33,9 @@ class Endpoints:
     def __init__(self, directory: Directory) -> None:
         self.directory = directory
         self._tokens = PageTokens()
-        self._cache = ListingCache()
+        # One cache per endpoint: the member listings of thousands of groups, read alongside users.list,
+        # must not evict the users listing between its pages (each rebuild re-sorts every user).
+        self._caches = {endpoint: ListingCache() for endpoint in ("users.list", "groups.list", "members.list")}
 
     # ----- users ---------------------------------------------------------------------
 
@@ -150,7 +152,7 @@ class Endpoints:
         self, endpoint: str, defining: dict[str, str], build: Callable[[], Sequence[T]], query: Query, size: int
     ) -> Page[T]:
         key: Hashable = (self.directory.version, endpoint, tuple(sorted(defining.items())))
-        rows = self._cache.get(key, build)
+        rows = self._caches[endpoint].get(key, build)
         return self._tokens.page(rows, listing_id(endpoint, defining), query.get("pageToken"), size)
 
     def _check_scope(self, query: Query, owner: str | None) -> None:

@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 from .wire import ApiError
 
 T = TypeVar("T")
+LISTINGS_CACHED = 32  # per endpoint
 
 
 def invalid_page_token() -> ApiError:
@@ -76,7 +77,7 @@ def listing_id(endpoint: str, params: dict[str, str]) -> str:
 class ListingCache:
     """A small LRU of built listings; keys include the directory version."""
 
-    def __init__(self, size: int = 32) -> None:
+    def __init__(self, size: int = LISTINGS_CACHED) -> None:
         self._size = size
         self._entries: OrderedDict[Hashable, Sequence[object]] = OrderedDict()
         self._lock = threading.Lock()

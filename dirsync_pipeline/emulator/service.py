@@ -157,9 +157,8 @@ class DirectoryService:
             self._admit(request, target, faults)
             with self.directory.lock:
                 payload = self._call(target, request.query, faults)
-                return Response.json(
-                    200, fields.select(payload, request.query.get("fields"), _SCHEMAS[target.endpoint])
-                )
+            # the payload is built of fresh dicts and lists: masked and encoded without holding up other requests
+            return Response.json(200, fields.select(payload, request.query.get("fields"), _SCHEMAS[target.endpoint]))
         except ApiError as error:
             return error.to_response()
 

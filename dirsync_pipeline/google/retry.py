@@ -23,6 +23,8 @@ from googleapiclient.errors import HttpError
 from dirsync_pipeline.google.errors import RetriesExhaustedError, api_error_info
 
 T = TypeVar("T")
+# Backoff jitter: one generator for every call, rather than one seeded from the OS per request.
+_JITTER = random.Random()
 
 RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"})
 TRANSIENT_NETWORK_ERRORS = (ConnectionError, TimeoutError, socket.timeout, httplib2.ServerNotFoundError)
@@ -160,7 +162,7 @@ def call_with_retry(
     ``calls`` says how many API calls the next attempt sends: a batch re-sends only its parts still
     unanswered, and each part counts against the quota, the limiter and the statistics.
     """
-    rng = rng or random.Random()
+    rng = rng or _JITTER
     started = time.monotonic()
     for attempt in range(policy.max_attempts):
         sending = calls()
