@@ -16,6 +16,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -72,29 +75,66 @@ class PendingVersion:
         _write_atomically(self.directory.parent / MANIFEST, json.dumps(self.manifest, indent=2))
 
 
-def write_version(
-    conn: duckdb.DuckDBPyConnection, parquet_dir: Path, connection_id: str, sync_id: str, published_at: datetime
-) -> PendingVersion:
-    """Write the connection's tables as ``conn`` sees them (inside the publish transaction) as a new set."""
-    final = version_dir(parquet_dir, connection_id, sync_id)
-    partial = final.with_name(f".{final.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    files = {}
-    for name, table in OUTPUT_FILES.items():
-        query = (f"SELECT {', '.join(table.column_names)} FROM {table.qualified_name} "
-                 f"WHERE connection_id = {sql_literal(connection_id)}")
-        if table is DIRECTORY_CHANGES:
-            query += f" AND sync_id = {sql_literal(sync_id)}"
-        target = sql_literal(str(partial / f"{name}.parquet"))
-        rows = conn.execute(f"COPY ({query}) TO {target} (FORMAT parquet)").fetchall()[0][0]
-        files[name] = {"path": f"{final.name}/{name}.parquet", "rows": rows, "table": table.qualified_name}
-    manifest = {"schema_version": SCHEMA_VERSION, "connection_id": connection_id, "sync_id": sync_id,
-                "published_at": published_at.isoformat(), "files": files}
-    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    shutil.rmtree(final, ignore_errors=True)  # a re-executed publish of the same run replaces its own set
-    partial.rename(final)
-    return PendingVersion(final, manifest)
+@contextmanager
+def version_alongside(
+    conn: duckdb.DuckDBPyConnection, parquet_dir: Path, connection_id: str, sync_id: str, staged: Callable[[Table], str]
+) -> Iterator[Callable[[datetime], PendingVersion]]:
+    """Write a sync's new file set while the block runs the rest of the publish transaction on ``conn``.
+
+    The synced tables' files are written from their staged rows (``staged`` names each table's staging
+    relation) on a second connection, in a thread: those rows are committed, and they are exactly what the
+    transaction copies, since the run holding the warehouse is its only writer. The block calls what this
+    yields once the transaction has appended its change events: that writes them (they exist only inside
+    the transaction), waits for the other files and renames the complete set into place.
+    """
+    writer = _VersionWriter(parquet_dir, connection_id, sync_id)
+    side = conn.cursor()
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="parquet") as pool:
+            synced = pool.submit(writer.write, side, [n for n, t in OUTPUT_FILES.items() if t is not DIRECTORY_CHANGES],
+                                 staged)
+
+            def complete(published_at: datetime) -> PendingVersion:
+                changes = writer.write(conn, [n for n, t in OUTPUT_FILES.items() if t is DIRECTORY_CHANGES],
+                                       lambda table: table.qualified_name)
+                return writer.finish(synced.result() | changes, published_at)
+
+            yield complete
+    finally:
+        side.close()
+
+
+class _VersionWriter:
+    """One sync's set under a temporary name, renamed into place once complete."""
+
+    def __init__(self, parquet_dir: Path, connection_id: str, sync_id: str):
+        self.connection_id, self.sync_id = connection_id, sync_id
+        self.final = version_dir(parquet_dir, connection_id, sync_id)
+        self.partial = self.final.with_name(f".{self.final.name}.partial")
+        shutil.rmtree(self.partial, ignore_errors=True)
+        self.partial.mkdir(parents=True)
+
+    def write(self, conn: duckdb.DuckDBPyConnection, names: list[str], source: Callable[[Table], str]) -> dict[str, dict]:
+        """The files ``names``, each from the relation ``source`` names for its table; their manifest entries."""
+        files = {}
+        for name in names:
+            table = OUTPUT_FILES[name]
+            query = (f"SELECT {', '.join(table.column_names)} FROM {source(table)} "
+                     f"WHERE connection_id = {sql_literal(self.connection_id)}")
+            if table is DIRECTORY_CHANGES:
+                query += f" AND sync_id = {sql_literal(self.sync_id)}"
+            target = sql_literal(str(self.partial / f"{name}.parquet"))
+            rows = conn.execute(f"COPY ({query}) TO {target} (FORMAT parquet)").fetchall()[0][0]
+            files[name] = {"path": f"{self.final.name}/{name}.parquet", "rows": rows, "table": table.qualified_name}
+        return files
+
+    def finish(self, files: dict[str, dict], published_at: datetime) -> PendingVersion:
+        manifest = {"schema_version": SCHEMA_VERSION, "connection_id": self.connection_id, "sync_id": self.sync_id,
+                    "published_at": published_at.isoformat(), "files": {name: files[name] for name in OUTPUT_FILES}}
+        (self.partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        shutil.rmtree(self.final, ignore_errors=True)  # a re-executed publish of the same run replaces its own set
+        self.partial.rename(self.final)
+        return PendingVersion(self.final, manifest)
 
 
 def current_manifest(parquet_dir: Path, connection_id: str) -> dict | None:

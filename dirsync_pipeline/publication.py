@@ -2,14 +2,16 @@
 
 ``Warehouse.publish`` drives one ``Publication`` inside its transaction: ``record`` appends the change
 events (the published rows against the staged ones) and advances the SCD2 history before the copy
-replaces the published rows, then ``write`` writes the Parquet set of the result, all before the
-COMMIT. So a publish that fails or is refused records nothing, and a published sync always has its
+replaces the published rows, and ``parquet_alongside`` writes the Parquet set of the result meanwhile,
+all before the COMMIT. So a publish that fails or is refused records nothing, and a published sync always has its
 events, its history and its snapshot. Everything runs as SQL in DuckDB, which spills to disk, so the
 publish needs no memory in proportion to the directory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import duckdb
 
 from dirsync_pipeline.changes import PUBLISHED, DirectoryState, insert_directory_changes
 from dirsync_pipeline.history import ENTITLEMENTS, MEMBERSHIPS, advance_history
-from dirsync_pipeline.outputs import PendingVersion, write_version
+from dirsync_pipeline.outputs import PendingVersion, version_alongside
 from dirsync_pipeline.tables import DIRECTORY_CHANGES, SYNC_LOG, Table
 
 
@@ -50,9 +52,13 @@ class Publication:
             self._validate_written(table)
         return events
 
-    def write(self) -> None:
-        """After the copy: write the Parquet set of what the transaction publishes."""
-        self.version = write_version(self.conn, self.parquet_dir, self.connection_id, self.sync_id, self.published_at)
+    @contextmanager
+    def parquet_alongside(self, staged: Callable[[Table], str]) -> Iterator[None]:
+        """Around the rest of the transaction: the Parquet set of what it publishes (see outputs.version_alongside),
+        complete before the block ends. The synced tables' files are written meanwhile, from ``staged``."""
+        with version_alongside(self.conn, self.parquet_dir, self.connection_id, self.sync_id, staged) as complete:
+            yield
+            self.version = complete(self.published_at)
 
     def activate(self) -> None:
         """After the COMMIT: make the new Parquet set the current one."""

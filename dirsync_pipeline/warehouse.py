@@ -128,20 +128,20 @@ class Warehouse:
         counts: dict[str, int] = {}
         with self.connect() as conn, _transaction(conn):
             publication = Publication(conn, self.parquet_dir, connection_id, sync_id)
-            events = publication.record(DirectoryState.from_names(staging_name))
-            for table in SYNC_TABLES:
-                conn.execute(f"DELETE FROM {table.qualified_name} WHERE connection_id = ?", [connection_id])
+            with publication.parquet_alongside(staging_name):
+                events = publication.record(DirectoryState.from_names(staging_name))
+                for table in SYNC_TABLES:
+                    conn.execute(f"DELETE FROM {table.qualified_name} WHERE connection_id = ?", [connection_id])
+                    conn.execute(
+                        f"INSERT INTO {table.qualified_name} BY NAME "
+                        f"SELECT * FROM {staging_name(table)} WHERE connection_id = ?",
+                        [connection_id],
+                    )
+                    counts[table.name] = _count(conn, table.qualified_name, connection_id)
                 conn.execute(
-                    f"INSERT INTO {table.qualified_name} BY NAME "
-                    f"SELECT * FROM {staging_name(table)} WHERE connection_id = ?",
-                    [connection_id],
+                    f"INSERT INTO {SYNC_LOG.qualified_name} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [connection_id, sync_id, publication.published_at, *(counts[t.name] for t in SYNC_LOG_COUNTED)],
                 )
-                counts[table.name] = _count(conn, table.qualified_name, connection_id)
-            conn.execute(
-                f"INSERT INTO {SYNC_LOG.qualified_name} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [connection_id, sync_id, publication.published_at, *(counts[t.name] for t in SYNC_LOG_COUNTED)],
-            )
-            publication.write()
         publication.activate()
         return counts | {DIRECTORY_CHANGES.name: events}
 

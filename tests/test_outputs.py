@@ -7,14 +7,17 @@ import json
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import polars as pl
+import pytest
 
 from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory
-from dirsync_pipeline.outputs import MANIFEST, OUTPUT_FILES, current_files, current_manifest
+from dirsync_pipeline.outputs import MANIFEST, OUTPUT_FILES, current_files, current_manifest, version_alongside, version_dir
 from dirsync_pipeline.tables import DIRECTORY_CHANGES, SCHEMA_VERSION
+from dirsync_pipeline.warehouse import Warehouse, staging_name
 from tests.conftest import write_config
 from tests.test_pipeline import connection, run_sync
 
@@ -104,3 +107,19 @@ def test_a_reader_is_never_blocked_nor_shown_a_partial_set_while_syncs_run(tmp_p
     assert len([p for p in root.iterdir() if p.name.startswith("sync-")]) == 4, "one immutable set per published sync"
     assert not [p for p in root.iterdir() if p.name.startswith(".")], "no partial set left behind"
     assert json.loads((root / MANIFEST).read_text())["files"]["users"]["rows"] == 209
+
+
+def test_a_staged_file_that_cannot_be_written_fails_the_set_and_no_set_is_completed(tmp_path):
+    """The synced tables' files are written in another thread, alongside the transaction: its error is the
+    publish's error, and the set is never renamed into place."""
+    warehouse = Warehouse(tmp_path / "dirsync.duckdb")
+    parquet_dir = tmp_path / "parquet"
+    with warehouse.connect() as conn:
+        with pytest.raises(duckdb.CatalogException, match="no_such_relation"):
+            with version_alongside(conn, parquet_dir, "acme", "sync-1", staged=lambda table: "no_such_relation") as complete:
+                complete(datetime.now(UTC))
+        with version_alongside(conn, parquet_dir, "acme", "sync-2", staged=staging_name) as complete:
+            version = complete(datetime.now(UTC))
+    assert not version_dir(parquet_dir, "acme", "sync-1").exists()
+    assert list(version.manifest["files"]) == list(OUTPUT_FILES)
+    assert all((version.directory / f"{name}.parquet").is_file() for name in OUTPUT_FILES)
