@@ -70,7 +70,7 @@ S1_SEQUENTIAL = Reader(1, 1, None, "sequential baseline (concurrency 1, no batch
 # Exactly the quota: the limiter spaces calls evenly and caps a batch at a quarter second of it (10 parts);
 # the emulator's 1-second bucket absorbs the jitter.
 S2_READER = Reader(8, 50, GOOGLE_QPS, "concurrency 8, limiter 40 q/s, batches of ≤ 10")
-S1_RUNS = 3  # odd: the median is one of the runs
+S1_RUNS = 5  # odd: the median is one of the runs
 TIMEOUTS = {"S1": 600.0, "S2": 1200.0, "S3": 300.0, "demo": 120.0}
 
 

@@ -1,10 +1,10 @@
 """What a publish records besides the tables themselves: change events, history and the Parquet set.
 
-``Warehouse.publish`` drives one ``Publication`` inside its transaction: ``record`` appends the change
-events (the published rows against the staged ones) and advances the SCD2 history before the copy
-replaces the published rows, and ``parquet_alongside`` writes the Parquet set of the result meanwhile,
-all before the COMMIT. So a publish that fails or is refused records nothing, and a published sync always has its
-events, its history and its snapshot. Everything runs as SQL in DuckDB, which spills to disk, so the
+``Warehouse.publish`` drives one ``Publication`` inside its transaction: ``record_changes`` appends the
+change events (the published rows against the staged ones) and ``record_history`` advances the SCD2
+history before the copy replaces the published rows, and ``parquet_alongside`` writes the Parquet set of
+the result meanwhile, all before the COMMIT. So a publish that fails or is refused records nothing, and a
+published sync always has its events, its history and its snapshot. Everything runs as SQL in DuckDB, which spills to disk, so the
 publish needs no memory in proportion to the directory.
 """
 
@@ -34,10 +34,10 @@ class Publication:
         self.published_at = datetime.now(UTC)
         self.version: PendingVersion | None = None
 
-    def record(self, staged: DirectoryState) -> int:
-        """Before the copy: append the events from the published rows to ``staged`` and advance the history.
+    def record_changes(self, staged: DirectoryState) -> int:
+        """Before the copy: append the events from the published rows to ``staged``; returns their count.
 
-        Returns the event count. A connection without a published sync gets its first, ``initial`` events.
+        A connection without a published sync gets its first, ``initial`` events.
         """
         first_sync = not self.conn.execute(f"SELECT count(*) FROM {SYNC_LOG.qualified_name} WHERE connection_id = ?",
                                            [self.connection_id]).fetchall()[0][0]
@@ -45,17 +45,22 @@ class Publication:
             self.conn, None if first_sync else PUBLISHED, staged, connection_id=self.connection_id,
             sync_id=self.sync_id, changed_at=self.published_at,
         )
+        self._validate_written(DIRECTORY_CHANGES)
+        return events
+
+    def record_history(self, staged: DirectoryState) -> None:
+        """Before the copy: advance the history from the published rows to ``staged``."""
         for spec, rows in ((ENTITLEMENTS, staged.entitlements), (MEMBERSHIPS, staged.memberships)):
             advance_history(self.conn, spec, rows, connection_id=self.connection_id, sync_id=self.sync_id,
                             at=self.published_at)
-        for table in (DIRECTORY_CHANGES, ENTITLEMENTS.table, MEMBERSHIPS.table):
-            self._validate_written(table)
-        return events
+            self._validate_written(spec.table)
 
     @contextmanager
     def parquet_alongside(self, staged: Callable[[Table], str]) -> Iterator[None]:
         """Around the rest of the transaction: the Parquet set of what it publishes (see outputs.version_alongside),
-        complete before the block ends. The synced tables' files are written meanwhile, from ``staged``."""
+        complete before the block ends. The synced tables' files are written meanwhile, from ``staged``: start
+        it after ``record_changes``, whose sort is the publish's largest use of memory (at 100,000 users, the two
+        at once peaked ~70 MiB higher)."""
         with version_alongside(self.conn, self.parquet_dir, self.connection_id, self.sync_id, staged) as complete:
             yield
             self.version = complete(self.published_at)

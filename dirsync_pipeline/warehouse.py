@@ -128,8 +128,10 @@ class Warehouse:
         counts: dict[str, int] = {}
         with self.connect() as conn, _transaction(conn):
             publication = Publication(conn, self.parquet_dir, connection_id, sync_id)
+            staged = DirectoryState.from_names(staging_name)
+            events = publication.record_changes(staged)
             with publication.parquet_alongside(staging_name):
-                events = publication.record(DirectoryState.from_names(staging_name))
+                publication.record_history(staged)
                 for table in SYNC_TABLES:
                     conn.execute(f"DELETE FROM {table.qualified_name} WHERE connection_id = ?", [connection_id])
                     conn.execute(
