@@ -50,6 +50,9 @@ OUTPUT_FILES: dict[str, Table] = {
     "explanations": ENTITLEMENT_EXPLANATIONS,
     "changes": DIRECTORY_CHANGES,
 }
+# Written from the staged rows alongside the publish transaction / from inside it (version_alongside).
+FROM_STAGING = [name for name, table in OUTPUT_FILES.items() if table is not DIRECTORY_CHANGES]
+FROM_TRANSACTION = [name for name, table in OUTPUT_FILES.items() if table is DIRECTORY_CHANGES]
 
 
 class SnapshotMissingError(Exception):
@@ -91,12 +94,10 @@ def version_alongside(
     side = conn.cursor()
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="parquet") as pool:
-            synced = pool.submit(writer.write, side, [n for n, t in OUTPUT_FILES.items() if t is not DIRECTORY_CHANGES],
-                                 staged)
+            synced = pool.submit(writer.write, side, FROM_STAGING, staged)
 
             def complete(published_at: datetime) -> PendingVersion:
-                changes = writer.write(conn, [n for n, t in OUTPUT_FILES.items() if t is DIRECTORY_CHANGES],
-                                       lambda table: table.qualified_name)
+                changes = writer.write(conn, FROM_TRANSACTION, lambda table: table.qualified_name)
                 return writer.finish(synced.result() | changes, published_at)
 
             yield complete

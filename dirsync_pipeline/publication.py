@@ -4,8 +4,8 @@
 change events (the published rows against the staged ones) and ``record_history`` advances the SCD2
 history before the copy replaces the published rows, and ``parquet_alongside`` writes the Parquet set of
 the result meanwhile, all before the COMMIT. So a publish that fails or is refused records nothing, and a
-published sync always has its events, its history and its snapshot. Everything runs as SQL in DuckDB, which spills to disk, so the
-publish needs no memory in proportion to the directory.
+published sync always has its events, its history and its snapshot. Everything runs as SQL in DuckDB,
+which spills to disk, so the publish needs no memory in proportion to the directory.
 """
 
 from __future__ import annotations
