@@ -4,19 +4,22 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import polars as pl
 from pydantic import PrivateAttr
 
 from dirsync_pipeline.config import ConnectionConfig, load_config
-from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory
 from dirsync_pipeline.google.auth import build_credentials
 from dirsync_pipeline.google.client import DirectoryClient
 from dirsync_pipeline.google.retry import RateLimiter, RetryPolicy
 from dirsync_pipeline.replay import materialized_in_run, restore_stage
 from dirsync_pipeline.tables import TABLES_BY_ASSET_KEY
 from dirsync_pipeline.warehouse import Warehouse
+
+if TYPE_CHECKING:
+    from dirsync_pipeline.emulator import DirectoryEmulator
 
 
 class GoogleDirectoryResource(dg.ConfigurableResource):
@@ -28,7 +31,7 @@ class GoogleDirectoryResource(dg.ConfigurableResource):
 
     config_path: str | None = None  # None: $DIRSYNC_CONFIG, else the embedded demo default
 
-    _emulators: dict[str, DirectoryEmulator] = PrivateAttr(default_factory=dict)
+    _emulators: dict[str, "DirectoryEmulator"] = PrivateAttr(default_factory=dict)
 
     def connection(self, connection_id: str) -> ConnectionConfig:
         return load_config(self.config_path).connection(connection_id)
@@ -55,6 +58,8 @@ class GoogleDirectoryResource(dg.ConfigurableResource):
         if connection.emulator is None:
             return connection.api_endpoint
         if connection.id not in self._emulators:
+            from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory  # only a demo needs it
+
             settings = connection.emulator
             directory = generate_directory(settings.users, settings.groups, seed=settings.seed, domain=settings.domain)
             self._emulators[connection.id] = DirectoryEmulator(directory).start()

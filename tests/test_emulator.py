@@ -453,11 +453,19 @@ def test_random_errors_are_server_errors(emu: DirectoryEmulator, svc: Resource) 
     assert sum(emu.faults.injected.values()) == 20
 
 
-def test_latency_is_added(emu: DirectoryEmulator, svc: Resource) -> None:
+def test_latency_is_the_time_to_answer_including_the_emulators_own_work(
+    emu: DirectoryEmulator, svc: Resource, monkeypatch: pytest.MonkeyPatch
+) -> None:
     emu.faults = FaultPlan(latency_ms=120)
     started = time.perf_counter()
     svc.groups().get(groupKey=f"admins@{DOMAIN}").execute()
     assert time.perf_counter() - started >= 0.12
+    emu.faults = FaultPlan(latency_ms=400)
+    real_groups_get = endpoints.Endpoints.groups_get
+    monkeypatch.setattr(endpoints.Endpoints, "groups_get", lambda self, key: time.sleep(0.3) or real_groups_get(self, key))
+    started = time.perf_counter()
+    svc.groups().get(groupKey=f"admins@{DOMAIN}").execute()  # 0.3 s of the emulator's work, within the 0.4 s
+    assert 0.4 <= time.perf_counter() - started < 0.65, "latency is added on top of the emulator's work"
 
 
 def test_repeated_page_token_quirk(emu: DirectoryEmulator, svc: Resource) -> None:
