@@ -14,7 +14,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     emulator.add_argument("--port", type=int, default=8085)
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--seed", type=int, default=42)
-    emulator.add_argument("--latency-ms", type=float, default=0.0, help="each API request is answered this long after it arrives (or when ready, if later)")
+    emulator.add_argument("--latency-ms", type=float, default=0.0,
+                          help="each API request is answered this long after it arrives (or when ready, if later)")
     emulator.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 5xx")
     emulator.add_argument("--rate-limit-qps", type=float, default=None, help="answer 429 above this rate")
     emulator.add_argument("--directory-file", help="serve this saved directory (JSON) instead of generating one")

@@ -110,7 +110,8 @@ class FaultPlan:
 
     def drops_member(self, group_id: str, member_id: str) -> bool:
         """Whether members.list silently leaves this row out while still answering 200."""
-        return self.drop_members_fraction > 0 and _stable_draw(f"{self.seed}:{group_id}:{member_id}") < self.drop_members_fraction
+        fraction = self.drop_members_fraction
+        return fraction > 0 and _stable_draw(f"{self.seed}:{group_id}:{member_id}") < fraction
 
     def _rate_limited(self) -> ApiError | None:
         """Token bucket over all API requests: capacity and refill are `rate_limit_qps`."""
