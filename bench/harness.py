@@ -25,7 +25,7 @@ import yaml
 from bench.measure import Measured, run_measured
 from dirsync_pipeline.config import CONFIG_ENV_VAR
 from dirsync_pipeline.emulator.service import API_ENDPOINTS, STATS_PATH
-from dirsync_pipeline.tables import (
+from dirsync_pipeline.warehouse.tables import (
     FILTERED_MEMBERSHIPS,
     GOOGLE_GROUP_MEMBERS,
     GOOGLE_GROUPS,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import duckdb
 import polars as pl
 
-from dirsync_pipeline.transforms import filtered_memberships, resolve_role_mapping, role_mapped_entitlements
+from dirsync_pipeline.transforms.directory import filtered_memberships, resolve_role_mapping, role_mapped_entitlements
 
 DOMAIN = "s3.example.com"
 CONNECTION_ID = "s3"

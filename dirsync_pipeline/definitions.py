@@ -6,10 +6,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from dirsync_pipeline.assets import build_sync_assets
+from dirsync_pipeline.defs.assets import build_sync_assets
 from dirsync_pipeline.config import CONFIG_ENV_VAR, load_config
-from dirsync_pipeline.jobs import build_hourly_schedule, build_remap_job, build_sync_job
-from dirsync_pipeline.resources import GoogleDirectoryResource, StagingIOManager, WarehouseResource
+from dirsync_pipeline.defs.jobs import build_hourly_schedule, build_remap_job, build_sync_job
+from dirsync_pipeline.defs.resources import GoogleDirectoryResource, StagingIOManager, WarehouseResource
 
 
 def build_definitions(config_path: str | None = None) -> dg.Definitions:

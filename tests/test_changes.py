@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 import polars as pl
 
-from dirsync_pipeline.changes import DirectoryState, insert_directory_changes
-from dirsync_pipeline.explain import describe_rule, explain_entitlements, membership_paths
-from dirsync_pipeline.history import ENTITLEMENTS, advance_history
-from dirsync_pipeline.tables import (
+from dirsync_pipeline.warehouse.changes import DirectoryState, insert_directory_changes
+from dirsync_pipeline.transforms.explain import describe_rule, explain_entitlements, membership_paths
+from dirsync_pipeline.warehouse.history import ENTITLEMENTS, advance_history
+from dirsync_pipeline.warehouse.tables import (
     DIRECTORY_CHANGES,
     ENTITLEMENT_EXPLANATIONS,
     ENTITLEMENTS_HISTORY,
@@ -23,7 +23,7 @@ from dirsync_pipeline.tables import (
     ROLE_MAPPED_ENTITLEMENTS,
     Table,
 )
-from dirsync_pipeline.transforms import filtered_memberships, resolve_role_mapping, role_mapped_entitlements
+from dirsync_pipeline.transforms.directory import filtered_memberships, resolve_role_mapping, role_mapped_entitlements
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -8,8 +8,8 @@ import pandera.polars as pa
 import polars as pl
 import pytest
 
-from dirsync_pipeline.tables import HISTORY_TABLES, SYNC_LOG, SYNC_TABLES, Column, Table
-from dirsync_pipeline.warehouse import Warehouse
+from dirsync_pipeline.warehouse.tables import HISTORY_TABLES, SYNC_LOG, SYNC_TABLES, Column, Table
+from dirsync_pipeline.warehouse.store import Warehouse
 from tests.test_changes import entitlements, groups, memberships, users
 
 TABLES = (*SYNC_TABLES, SYNC_LOG, *HISTORY_TABLES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dirsync_pipeline.tables import contract_markdown
+from dirsync_pipeline.warehouse.tables import contract_markdown
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -12,7 +12,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def test_table_contract_doc_matches_the_code():
     text = (DOCS / "tables.md").read_text()
     generated = text.split("<!-- BEGIN GENERATED CONTRACT -->\n", 1)[1].split("<!-- END GENERATED CONTRACT -->", 1)[0]
-    assert generated.strip() == contract_markdown().strip(), "regenerate: python -m dirsync_pipeline.tables"
+    assert generated.strip() == contract_markdown().strip(), "regenerate: python -m dirsync_pipeline.warehouse.tables"
 
 
 def test_every_image_the_readme_shows_exists():

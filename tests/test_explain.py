@@ -12,10 +12,10 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dirsync_pipeline import explain
-from dirsync_pipeline.explain import PATH_SEPARATOR, explain_entitlements, membership_paths
-from dirsync_pipeline.tables import ENTITLEMENT_EXPLANATIONS, EVERY_USER, PATHS_PER_GROUP
-from dirsync_pipeline.transforms import (
+from dirsync_pipeline.transforms import explain
+from dirsync_pipeline.transforms.explain import PATH_SEPARATOR, explain_entitlements, membership_paths
+from dirsync_pipeline.warehouse.tables import ENTITLEMENT_EXPLANATIONS, EVERY_USER, PATHS_PER_GROUP
+from dirsync_pipeline.transforms.directory import (
     DIRECTORY_USER_TYPES,
     filtered_memberships,
     resolve_role_mapping,

@@ -16,14 +16,14 @@ from dagster._core.definitions.freshness_evaluator import TimeWindowFreshnessPol
 from dagster._core.loader import LoadingContextForTest
 from dagster._core.test_utils import freeze_time
 
-from dirsync_pipeline.assets import SYNC_FRESHNESS
-from dirsync_pipeline import checks
-from dirsync_pipeline.checks import Outcome
+from dirsync_pipeline.defs.assets import SYNC_FRESHNESS
+from dirsync_pipeline.defs import checks
+from dirsync_pipeline.defs.checks import Outcome
 from dirsync_pipeline.definitions import build_definitions
 from dirsync_pipeline.emulator import DirectoryEmulator, ScriptedFault, generate_directory
 from dirsync_pipeline.google.retry import ApiStats
-from dirsync_pipeline.progress import FetchProgress
-from dirsync_pipeline.tables import EVENTS, GOOGLE_GROUPS, GOOGLE_USERS
+from dirsync_pipeline.defs.progress import FetchProgress
+from dirsync_pipeline.warehouse.tables import EVENTS, GOOGLE_GROUPS, GOOGLE_USERS
 from tests.conftest import write_config
 
 API_ENDPOINTS = ("users.list", "groups.list", "members.list", "groups.get", "users.get")

@@ -8,13 +8,13 @@ import dagster as dg
 import duckdb
 import pytest
 
-from dirsync_pipeline.assets import build_sync_assets
-from dirsync_pipeline.checks import publish_gate_failures
+from dirsync_pipeline.defs.assets import build_sync_assets
+from dirsync_pipeline.defs.checks import publish_gate_failures
 from dirsync_pipeline.definitions import build_definitions
 from dirsync_pipeline.emulator import DirectoryEmulator, FaultPlan, Member, ScriptedFault, generate_directory
-from dirsync_pipeline.resources import StagingIOManager, loads_in_run
-from dirsync_pipeline.tables import GOOGLE_GROUP_MEMBERS, GOOGLE_GROUPS, GOOGLE_USERS, SYNC_TABLES, TABLES_BY_ASSET_KEY
-from dirsync_pipeline.warehouse import Warehouse
+from dirsync_pipeline.defs.resources import StagingIOManager, loads_in_run
+from dirsync_pipeline.warehouse.tables import GOOGLE_GROUP_MEMBERS, GOOGLE_GROUPS, GOOGLE_USERS, SYNC_TABLES, TABLES_BY_ASSET_KEY
+from dirsync_pipeline.warehouse.store import Warehouse
 from tests.conftest import write_config
 from tests.oracle import expected_entitlements, expected_memberships
 

@@ -13,8 +13,8 @@ from datetime import timedelta
 import polars as pl
 import pytest
 
-from dirsync_pipeline.history import MEMBERSHIPS, advance_history
-from dirsync_pipeline.tables import (
+from dirsync_pipeline.warehouse.history import MEMBERSHIPS, advance_history
+from dirsync_pipeline.warehouse.tables import (
     EVENTS,
     FILTERED_MEMBERSHIPS,
     GOOGLE_GROUPS,

@@ -14,8 +14,8 @@ import polars as pl
 
 from dirsync_pipeline.definitions import build_definitions
 from dirsync_pipeline.emulator import DirectoryEmulator, FaultPlan, generate_directory
-from dirsync_pipeline.safeguards import removal
-from dirsync_pipeline.tables import GOOGLE_USERS, SYNC_TABLES
+from dirsync_pipeline.warehouse.safeguards import removal
+from dirsync_pipeline.warehouse.tables import GOOGLE_USERS, SYNC_TABLES
 from tests.conftest import write_config
 from tests.oracle import expected_entitlements
 from tests.test_pipeline import published, run_sync, snapshot

@@ -6,7 +6,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dirsync_pipeline.transforms import (
+from dirsync_pipeline.transforms.directory import (
     filtered_memberships,
     nested_group_closure,
     resolve_group_keys,

@@ -7,7 +7,7 @@ import argparse
 from dirsync_pipeline.cli.options import add_config_args, selected_connection_ids
 from dirsync_pipeline.config import ConnectionConfig, load_config
 from dirsync_pipeline.google.preflight import check_connection
-from dirsync_pipeline.resources import GoogleDirectoryResource
+from dirsync_pipeline.defs.resources import GoogleDirectoryResource
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:

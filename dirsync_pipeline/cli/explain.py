@@ -14,8 +14,8 @@ import polars as pl
 
 from dirsync_pipeline.cli.options import add_config_args, selected_connection_ids
 from dirsync_pipeline.config import load_config
-from dirsync_pipeline.explain import describe_rule, no_role_reason
-from dirsync_pipeline.outputs import connection_dir, current_manifest
+from dirsync_pipeline.transforms.explain import describe_rule, no_role_reason
+from dirsync_pipeline.warehouse.outputs import connection_dir, current_manifest
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:

@@ -9,8 +9,8 @@ import polars as pl
 
 from dirsync_pipeline.cli.options import add_config_args, selected_connection_ids
 from dirsync_pipeline.config import ConnectionConfig, load_config
-from dirsync_pipeline.resources import GoogleDirectoryResource
-from dirsync_pipeline.transforms import resolve_group_keys
+from dirsync_pipeline.defs.resources import GoogleDirectoryResource
+from dirsync_pipeline.transforms.directory import resolve_group_keys
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:

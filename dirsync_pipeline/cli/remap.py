@@ -14,7 +14,7 @@ import polars as pl
 from dirsync_pipeline.cli.options import add_config_args
 from dirsync_pipeline.cli.sync import add_mass_removal_arg, run_connections
 from dirsync_pipeline.config import DirsyncConfig
-from dirsync_pipeline.outputs import connection_dir, current_manifest
+from dirsync_pipeline.warehouse.outputs import connection_dir, current_manifest
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:

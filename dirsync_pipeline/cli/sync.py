@@ -14,8 +14,8 @@ import duckdb
 from dirsync_pipeline.cli.heap import freeze_long_lived
 from dirsync_pipeline.cli.options import add_config_args, selected_connection_ids
 from dirsync_pipeline.config import CONFIG_ENV_VAR, DirsyncConfig, load_config
-from dirsync_pipeline.jobs import TRIGGER_TAG
-from dirsync_pipeline.tables import SYNC_TABLES
+from dirsync_pipeline.defs.jobs import TRIGGER_TAG
+from dirsync_pipeline.warehouse.tables import SYNC_TABLES
 
 PARTITION_TAG = "dagster/partition"  # how a run names its partition (the connection)
 

@@ -13,7 +13,7 @@ import dagster as dg
 import pandera.polars as pa
 import polars as pl
 
-from dirsync_pipeline.tables import (
+from dirsync_pipeline.warehouse.tables import (
     ENTITLEMENT_EXPLANATIONS,
     FILTERED_MEMBERSHIPS,
     GOOGLE_GROUP_MEMBERS,
@@ -23,7 +23,7 @@ from dirsync_pipeline.tables import (
     VALIDATED_ROWS_PER_CHUNK,
     Table,
 )
-from dirsync_pipeline.warehouse import Warehouse
+from dirsync_pipeline.warehouse.store import Warehouse
 
 SAMPLE_ROWS = 10
 FAILURE_COLUMNS = ("column", "check", "failure_case", "index")

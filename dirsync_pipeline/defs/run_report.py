@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import dagster as dg
 import duckdb
 
-from dirsync_pipeline.tables import DIRECTORY_CHANGES, EVENTS, SYNC_LOG
-from dirsync_pipeline.warehouse import Warehouse
+from dirsync_pipeline.warehouse.tables import DIRECTORY_CHANGES, EVENTS, SYNC_LOG
+from dirsync_pipeline.warehouse.store import Warehouse
 
 API_COUNTERS = ("api_requests", "api_retries", "rate_limit_wait_seconds")
 COUNTED = ("users", "groups", "memberships", "entitlements")  # columns of core.sync_log

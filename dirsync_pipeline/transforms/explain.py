@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import polars as pl
 
-from dirsync_pipeline.tables import ENTITLEMENT_EXPLANATIONS, EVERY_USER, PATHS_PER_GROUP
-from dirsync_pipeline.transforms import DIRECTORY_USER_TYPES
+from dirsync_pipeline.warehouse.tables import ENTITLEMENT_EXPLANATIONS, EVERY_USER, PATHS_PER_GROUP
+from dirsync_pipeline.transforms.directory import DIRECTORY_USER_TYPES
 
 PATH_SEPARATOR = " > "
 CHUNK_ROWS = 25_000  # entitlements explained at a time: bounds the path frames, not the result

@@ -14,9 +14,9 @@ from dirsync_pipeline.config import ConnectionConfig, load_config
 from dirsync_pipeline.google.auth import build_credentials
 from dirsync_pipeline.google.client import DirectoryClient
 from dirsync_pipeline.google.retry import RateLimiter, RetryPolicy
-from dirsync_pipeline.replay import materialized_in_run, restore_stage
-from dirsync_pipeline.tables import TABLES_BY_ASSET_KEY
-from dirsync_pipeline.warehouse import Warehouse
+from dirsync_pipeline.warehouse.replay import materialized_in_run, restore_stage
+from dirsync_pipeline.warehouse.tables import TABLES_BY_ASSET_KEY
+from dirsync_pipeline.warehouse.store import Warehouse
 
 if TYPE_CHECKING:
     from dirsync_pipeline.emulator import DirectoryEmulator

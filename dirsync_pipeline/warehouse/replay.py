@@ -12,10 +12,10 @@ from __future__ import annotations
 import dagster as dg
 import polars as pl
 
-from dirsync_pipeline.outputs import read_snapshot
-from dirsync_pipeline.tables import SYNC_LOG, SYNC_TABLES, Table
-from dirsync_pipeline.transforms import nested_group_closure
-from dirsync_pipeline.warehouse import Warehouse
+from dirsync_pipeline.warehouse.outputs import read_snapshot
+from dirsync_pipeline.warehouse.tables import SYNC_LOG, SYNC_TABLES, Table
+from dirsync_pipeline.transforms.directory import nested_group_closure
+from dirsync_pipeline.warehouse.store import Warehouse
 
 
 def materialized_in_run(job: dg.JobDefinition) -> set[dg.AssetKey]:

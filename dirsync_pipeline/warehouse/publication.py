@@ -17,10 +17,10 @@ from pathlib import Path
 
 import duckdb
 
-from dirsync_pipeline.changes import PUBLISHED, DirectoryState, insert_directory_changes
-from dirsync_pipeline.history import ENTITLEMENTS, MEMBERSHIPS, advance_history
-from dirsync_pipeline.outputs import PendingVersion, version_alongside
-from dirsync_pipeline.tables import DIRECTORY_CHANGES, SYNC_LOG, Table
+from dirsync_pipeline.warehouse.changes import PUBLISHED, DirectoryState, insert_directory_changes
+from dirsync_pipeline.warehouse.history import ENTITLEMENTS, MEMBERSHIPS, advance_history
+from dirsync_pipeline.warehouse.outputs import PendingVersion, version_alongside
+from dirsync_pipeline.warehouse.tables import DIRECTORY_CHANGES, SYNC_LOG, Table
 
 
 class Publication:

@@ -14,16 +14,16 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import polars as pl
 
-from dirsync_pipeline.checks import publish_gate_failures, stage_check_results, stage_check_specs
+from dirsync_pipeline.defs.checks import publish_gate_failures, stage_check_results, stage_check_specs
 from dirsync_pipeline.config import ConnectionConfig
-from dirsync_pipeline.explain import explain_entitlements
+from dirsync_pipeline.transforms.explain import explain_entitlements
 from dirsync_pipeline.google.client import DirectoryClient
-from dirsync_pipeline.progress import FetchProgress
-from dirsync_pipeline.replay import materialized_in_run, require_members_in_snapshot, restore_unmaterialized_stages
-from dirsync_pipeline.resources import GoogleDirectoryResource, WarehouseResource
-from dirsync_pipeline.run_report import sync_report_metadata
-from dirsync_pipeline.safeguards import breaker_message, staged_removals
-from dirsync_pipeline.tables import (
+from dirsync_pipeline.defs.progress import FetchProgress
+from dirsync_pipeline.warehouse.replay import materialized_in_run, require_members_in_snapshot, restore_unmaterialized_stages
+from dirsync_pipeline.defs.resources import GoogleDirectoryResource, WarehouseResource
+from dirsync_pipeline.defs.run_report import sync_report_metadata
+from dirsync_pipeline.warehouse.safeguards import breaker_message, staged_removals
+from dirsync_pipeline.warehouse.tables import (
     ENTITLEMENT_EXPLANATIONS,
     FILTERED_MEMBERSHIPS,
     GOOGLE_GROUP_MEMBERS,
@@ -33,8 +33,8 @@ from dirsync_pipeline.tables import (
     SYNC_TABLES,
     Table,
 )
-from dirsync_pipeline.warehouse import Warehouse
-from dirsync_pipeline.transforms import (
+from dirsync_pipeline.warehouse.store import Warehouse
+from dirsync_pipeline.transforms.directory import (
     filtered_memberships as expand_memberships,
     resolve_group_keys,
     resolve_role_mapping,

@@ -26,7 +26,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from dirsync_pipeline.tables import (
+from dirsync_pipeline.warehouse.tables import (
     DIRECTORY_CHANGES,
     ENTITLEMENT_EXPLANATIONS,
     FILTERED_MEMBERSHIPS,

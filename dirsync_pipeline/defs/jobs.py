@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dirsync_pipeline.assets import GROUP_NAME
-from dirsync_pipeline.tables import GOOGLE_ASSET_KEYS
+from dirsync_pipeline.defs.assets import GROUP_NAME
+from dirsync_pipeline.warehouse.tables import GOOGLE_ASSET_KEYS
 
 TRIGGER_TAG = "dirsync/trigger"
 HOURLY_CRON = "0 * * * *"

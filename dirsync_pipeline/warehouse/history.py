@@ -13,7 +13,7 @@ from datetime import datetime
 
 import duckdb
 
-from dirsync_pipeline.tables import ENTITLEMENTS_HISTORY, MEMBERSHIPS_HISTORY, Table
+from dirsync_pipeline.warehouse.tables import ENTITLEMENTS_HISTORY, MEMBERSHIPS_HISTORY, Table
 
 
 @dataclass(frozen=True)

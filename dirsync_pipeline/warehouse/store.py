@@ -17,10 +17,10 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from dirsync_pipeline.changes import DirectoryState
+from dirsync_pipeline.warehouse.changes import DirectoryState
 from dirsync_pipeline.config import default_parquet_dir
-from dirsync_pipeline.publication import Publication
-from dirsync_pipeline.tables import DIRECTORY_CHANGES, HISTORY_TABLES, SYNC_LOG, SYNC_LOG_COUNTED, SYNC_TABLES, Table
+from dirsync_pipeline.warehouse.publication import Publication
+from dirsync_pipeline.warehouse.tables import DIRECTORY_CHANGES, HISTORY_TABLES, SYNC_LOG, SYNC_LOG_COUNTED, SYNC_TABLES, Table
 
 STAGING_SCHEMA = "staging"
 

@@ -14,7 +14,7 @@ from datetime import datetime
 
 import duckdb
 
-from dirsync_pipeline.tables import (
+from dirsync_pipeline.warehouse.tables import (
     DIRECTORY_CHANGES,
     EVENTS,
     FILTERED_MEMBERSHIPS,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import duckdb
 
-from dirsync_pipeline.tables import FILTERED_MEMBERSHIPS, GOOGLE_USERS, ROLE_MAPPED_ENTITLEMENTS, Table
-from dirsync_pipeline.warehouse import Warehouse, staging_name
+from dirsync_pipeline.warehouse.tables import FILTERED_MEMBERSHIPS, GOOGLE_USERS, ROLE_MAPPED_ENTITLEMENTS, Table
+from dirsync_pipeline.warehouse.store import Warehouse, staging_name
 
 SAMPLE_SIZE = 10
 

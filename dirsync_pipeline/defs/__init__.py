@@ -1,0 +1,1 @@
+"""Dagster definitions of dirsync: assets, checks, jobs, schedules, resources and their run-log helpers."""

@@ -1,0 +1,1 @@
+"""Pure transformations (polars, no I/O): memberships, nested groups, role mapping, explanations."""
