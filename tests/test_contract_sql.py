@@ -3,6 +3,9 @@ and a publish whose written rows break one is refused and leaves nothing behind.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import duckdb
 import pandera.polars as pa
 import polars as pl
@@ -79,3 +82,18 @@ def test_a_publish_whose_written_rows_break_the_contract_is_rolled_back(tmp_path
         for table in TABLES:
             assert conn.execute(f"SELECT count(*) FROM {table.qualified_name}").fetchall() == [(0,)], table.name
     assert not (tmp_path / "parquet" / "connection_id=c1" / "manifest.json").exists()
+
+
+def test_a_table_keys_a_dict_after_its_checks_first_ran_in_a_fresh_process():
+    """pandera's checks change their hash at their first validation in a process: a table must not."""
+    probe = (
+        "import polars as pl\n"
+        "from dirsync_pipeline.defs.checks import validate_contract\n"
+        "from dirsync_pipeline.warehouse.tables import GOOGLE_USERS\n"
+        "frames = {GOOGLE_USERS: 'users'}\n"
+        "validate_contract(GOOGLE_USERS, pl.DataFrame(schema={c.name: c.dtype for c in GOOGLE_USERS.columns}))\n"
+        "print(frames[GOOGLE_USERS], GOOGLE_USERS in {GOOGLE_USERS})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert result.stdout.split() == ["users", "True"]

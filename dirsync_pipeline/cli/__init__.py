@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -56,9 +58,22 @@ def run() -> int:
     finally:
         gc.enable()
     gc.freeze()
-    code = execute(args)
+    try:
+        code = execute(args)
+        sys.stdout.flush()  # inside the try: a reader that left shows here, not at the interpreter's exit
+    except BrokenPipeError:
+        code = stop_writing_to_closed_stdout()
     gc.freeze()
     return code
+
+
+def stop_writing_to_closed_stdout() -> int:
+    """The reader of stdout is gone (``dirsync groups | head -1`` got its line): end quietly, as a command the
+    shell's SIGPIPE stops would, with 128 + SIGPIPE. stdout goes to /dev/null so the exit's flush cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from dirsync_pipeline.defs.resources import GoogleDirectoryResource, WarehouseRe
 from dirsync_pipeline.defs.run_report import sync_report_metadata
 from dirsync_pipeline.warehouse.safeguards import breaker_message, staged_removals
 from dirsync_pipeline.warehouse.tables import (
+    DIRECTORY_CHANGES,
     ENTITLEMENT_EXPLANATIONS,
     FILTERED_MEMBERSHIPS,
     GOOGLE_GROUP_MEMBERS,
@@ -315,9 +316,13 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
             raise dg.Failure(description=blocked)
         if overridden:
             context.log.warning("mass-removal breaker overridden by run config (allow_mass_removal)")
-        context.log.info(f"{connection.id}: publishing {len(SYNC_TABLES)} tables in one transaction")
+        context.log.info(f"{connection.id}: publishing {len(SYNC_TABLES)} tables and the sync's change events "
+                         "in one transaction")
         counts = store.publish(connection.id, sync_id=context.run.run_id)
-        context.log.info(f"{connection.id}: published {counts}")
+        tables = {name: n for name, n in counts.items() if name != DIRECTORY_CHANGES.name}
+        context.log.info(f"{connection.id}: published {len(tables)} tables "
+                         f"({', '.join(f'{name} {n}' for name, n in tables.items())}) "
+                         f"and {counts[DIRECTORY_CHANGES.name]} change events")
         yield dg.MaterializeResult(
             metadata={f"published.{name}": n for name, n in counts.items()}
             | {"sync_id": context.run.run_id, "mass_removal_override": overridden}

@@ -13,6 +13,7 @@ from pydantic import PrivateAttr
 from dirsync_pipeline.config import ConnectionConfig, load_config
 from dirsync_pipeline.google.auth import build_credentials
 from dirsync_pipeline.google.client import DirectoryClient
+from dirsync_pipeline.google.endpoint import ensure_reachable
 from dirsync_pipeline.google.retry import RateLimiter, RetryPolicy
 from dirsync_pipeline.warehouse.replay import materialized_in_run, restore_stage
 from dirsync_pipeline.warehouse.tables import TABLES_BY_ASSET_KEY
@@ -38,6 +39,7 @@ class GoogleDirectoryResource(dg.ConfigurableResource):
 
     @contextmanager
     def client(self, connection: ConnectionConfig) -> Iterator[DirectoryClient]:
+        ensure_reachable(connection.api_endpoint)  # a misspelt endpoint fails now, not after the retries
         yield DirectoryClient(
             build_credentials(connection.credentials),
             customer=connection.customer,

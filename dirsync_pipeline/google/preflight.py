@@ -22,11 +22,14 @@ from google.oauth2 import service_account
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 from googleapiclient.http import HttpRequest
+import polars as pl
 
 from dirsync_pipeline.config import ConnectionConfig
 from dirsync_pipeline.google.auth import READONLY_SCOPES, build_credentials, loose_permissions
+from dirsync_pipeline.google.endpoint import EndpointUnreachableError, ensure_reachable
 from dirsync_pipeline.google.errors import AuthorizationError, RetriesExhaustedError, api_error_info, explain_refresh_error
 from dirsync_pipeline.google.retry import ApiStats, RateLimiter, RetryPolicy, call_with_retry
+from dirsync_pipeline.transforms.directory import resolve_group_keys
 
 USER_SCOPE, GROUP_SCOPE = READONLY_SCOPES
 # A check must answer in seconds: retry a blip, never wait out an outage.
@@ -87,9 +90,18 @@ def check_connection(connection: ConnectionConfig, api_endpoint: str | None) -> 
     if credentials is None:
         return report
     principal = _principal(connection)
-    if _obtain_token(credentials, principal, connection, report):
+    if _obtain_token(credentials, principal, connection, report) and _endpoint_answers(api_endpoint, report):
         _probe_endpoints(connection, credentials, api_endpoint, principal, report)
     return report
+
+
+def _endpoint_answers(api_endpoint: str | None, report: Report) -> bool:
+    try:
+        ensure_reachable(api_endpoint)
+    except EndpointUnreachableError as exc:
+        report.add(Status.FAIL, "api_endpoint", str(exc))
+        return False
+    return True
 
 
 # -- credentials and token --------------------------------------------------------------------------
@@ -228,13 +240,45 @@ def _probe_endpoints(
     groups = (answers["groups.list"] or {}).get("groups", [])
     if answers["groups.list"] is None:
         report.add(Status.WARN, "members.list", "not tried: groups.list failed")
-    elif not groups:
+        return
+    _find_named_groups(service, http, connection, report)
+    if not groups:
         report.add(Status.WARN, "members.list", "not tried: the directory has no groups yet")
     else:
         group = groups[0]
         request = service.members().list(groupKey=group["id"], maxResults=1, fields="nextPageToken,members(id)")
         _run(Probe("members.list", GROUP_SCOPE, f"read the members of {group.get('email', group['id'])}", request),
              http, connection, principal, report)
+
+
+def _find_named_groups(service, http: httplib2.Http, connection: ConnectionConfig, report: Report) -> None:
+    """Every group that selected_groups or role_mapping names must exist: list the groups (ids and emails) once.
+
+    A misspelt or deleted group does not fail a sync (it is skipped with a warning), but its members then get
+    none of the roles it was meant to give: the "missing users/groups" an admin would otherwise debug.
+    """
+    named = {"selected_groups": [] if connection.selected_groups == "all" else list(connection.selected_groups),
+             "role_mapping": list(connection.role_mapping)}
+    if not any(named.values()):
+        return
+    rows: list[dict] = []
+    request = service.groups().list(customer=connection.customer, maxResults=200,
+                                    fields="nextPageToken,groups(id,email)")
+    while request is not None:
+        page = call_with_retry(lambda: request.execute(http=http), endpoint="groups.list", policy=PROBE_RETRY,
+                               limiter=RateLimiter(qps=None), stats=ApiStats())
+        rows += page.get("groups", [])
+        request = service.groups().list_next(request, page)
+    directory = pl.DataFrame({"group_id": [g["id"] for g in rows], "email": [g.get("email", "") for g in rows]},
+                             schema={"group_id": pl.Utf8, "email": pl.Utf8})
+    for key, group_keys in named.items():
+        for unknown in resolve_group_keys(directory, group_keys).unknown_keys:
+            report.add(Status.FAIL, key, f"no group {unknown!r} in the directory ({directory.height} groups): it was "
+                                         "deleted or is misspelt; fix or remove it in the config (`dirsync groups "
+                                         "--search` lists the groups by email)")
+    if report.sync_would_work:
+        report.add(Status.OK, "groups", f"every group selected_groups and role_mapping name exists "
+                                        f"({directory.height} groups in the directory)")
 
 
 def _run(probe: Probe, http: httplib2.Http, connection: ConnectionConfig, principal: Principal, report: Report) -> dict | None:

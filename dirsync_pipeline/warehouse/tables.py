@@ -38,8 +38,12 @@ class SqlRule(NamedTuple):
     broken: str  # SQL condition, true for a row that breaks the rule
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Table:
+    """One table of the contract. Its identity is its qualified name: tables key dicts and sets (a stage's
+    frames, the references of a check), and the pandera checks it holds change their hash and equality
+    after their first validation in a process, so the dataclass's field-wise hash would too."""
+
     schema: str
     name: str
     description: str
@@ -50,6 +54,12 @@ class Table:
     @property
     def qualified_name(self) -> str:
         return f"{self.schema}.{self.name}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Table) and other.qualified_name == self.qualified_name
+
+    def __hash__(self) -> int:
+        return hash(self.qualified_name)
 
     @property
     def asset_key(self) -> dg.AssetKey:
