@@ -120,7 +120,8 @@ CLASS_PREFIX = re.compile(r"^[\w.]+: ")
 
 def failure_messages(result: dg.JobExecutionResult) -> list[str]:
     messages = [
-        f"check {e.asset_key.to_user_string()}:{e.check_name} failed ({e.metadata['failures'].value} failures)"
+        f"check {e.asset_key.to_user_string()}:{e.check_name} failed ({e.metadata['failures'].value} failures"
+        + (f": {e.metadata['first_failures'].value})" if "first_failures" in e.metadata else ")")
         for e in result.get_asset_check_evaluations() if not e.passed and "failures" in e.metadata
     ]
     for event in result.all_events:
