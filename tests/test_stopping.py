@@ -59,3 +59,32 @@ def test_a_signal_stops_a_running_sync_within_seconds_and_publishes_nothing(tmp_
     assert f"acme: sync stopped by {signal.Signals(signum).name}" in err, err[-3000:]
     assert "the last published data is unchanged" in err
     assert published_state(tmp_path / "dirsync.duckdb") == before
+
+
+def test_a_run_terminated_from_the_dagster_ui_stops_within_seconds_and_publishes_nothing(tmp_path):
+    """Under `dagster dev`: Sync Now, then Terminate (the UI's GraphQL mutation) while users.list pages."""
+    from tests.test_dagster_dev import graphql, launch_sync_now, running_dagster_dev, wait_for_location, wait_for_runs
+
+    directory = generate_directory(users=6000, groups=30, seed=3, domain="acme.test")
+    with DirectoryEmulator(directory) as emulator:
+        config = slow_directory_config(tmp_path, emulator)
+        assert dirsync("sync", "--config", str(config), cwd=tmp_path).returncode == 0
+        before = published_state(tmp_path / "dirsync.duckdb")
+        directory.suspend_user(next(iter(directory.users)))
+        emulator.faults.latency_ms = LATENCY_MS
+        home = tmp_path / "dagster_home"
+        home.mkdir()
+        with running_dagster_dev(home, {"DIRSYNC_CONFIG": str(config)}) as url:
+            wait_for_location(url)
+            run = launch_sync_now(url, partition="acme")
+            wait_until_fetching(emulator)
+            sent = time.monotonic()
+            terminated = graphql(url, """mutation($id: String!) { terminateRun(runId: $id) { __typename
+                ... on TerminateRunFailure { message } ... on PythonError { message } } }""", {"id": run["runId"]})
+            assert terminated["terminateRun"]["__typename"] == "TerminateRunSuccess", terminated
+            [finished] = wait_for_runs(url, [run["runId"]], home)
+            stopped_after = time.monotonic() - sent
+            log = (home / "dagster.log").read_text()
+    assert finished["status"] == "CANCELED", log[-3000:]
+    assert stopped_after < STOP_WITHIN_SECONDS + 2, f"the run ended {stopped_after:.1f} s after Terminate"  # + polling
+    assert published_state(tmp_path / "dirsync.duckdb") == before
