@@ -95,6 +95,14 @@ class SafeguardsConfig(_Strict):
     max_removal_count: int | None = Field(None, ge=0)
 
 
+class LimitsConfig(_Strict):
+    """The most a directory can hold: every page chain of a sync is bounded by it (see PageChain), so an
+    answer that hands out page tokens forever stops with an error instead of paging on."""
+
+    max_users: int = Field(1_000_000, ge=1, le=100_000_000)
+    max_groups: int = Field(200_000, ge=1, le=10_000_000)
+
+
 class ConnectionConfig(_Strict):
     id: str = Field(pattern=CONNECTION_ID_PATTERN, max_length=64)
     customer: str = "my_customer"
@@ -115,6 +123,7 @@ class ConnectionConfig(_Strict):
     rate_limit_qps: float | None = Field(20.0, gt=0, le=1000)
     retry: RetryConfig = RetryConfig()
     safeguards: SafeguardsConfig = SafeguardsConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     @field_validator("api_endpoint")
     @classmethod

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -39,12 +40,19 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
 def dagster_dev(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     """`dagster dev` from a scratch folder holding the repo's dagster.yaml, on the embedded demo."""
     home = tmp_path_factory.mktemp("dagster_dev")
+    with running_dagster_dev(home) as url:
+        yield url, home
+
+
+@contextmanager
+def running_dagster_dev(home: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`dagster dev` in ``home`` (with the repo's dagster.yaml) until the block ends; yields its URL."""
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "DIRSYNC_CONFIG")}
+    environment = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "DIRSYNC_CONFIG")} | (env or {})
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-        cwd=home, env=env, stdout=open(home / "dagster.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=home, env=environment, stdout=open(home / "dagster.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -57,7 +65,7 @@ def dagster_dev(tmp_path_factory) -> Iterator[tuple[str, Path]]:
                 time.sleep(0.5)
         else:
             pytest.fail(f"dagster dev did not answer: {(home / 'dagster.log').read_text()[-3000:]}")
-        yield url, home
+        yield url
     finally:
         os.killpg(process.pid, signal.SIGINT)
         try:
@@ -98,7 +106,7 @@ def test_ui_shows_graph_checks_schedule_and_job(dagster_dev):
     assert keys["core/role_mapped_entitlements"]["hasAssetChecks"]
 
 
-def launch_sync_now(url: str, *, materialize_all: bool = False) -> dict:
+def launch_sync_now(url: str, *, materialize_all: bool = False, partition: str = "demo") -> dict:
     """Sync Now for the demo connection: the directory_sync job, or the asset graph's "Materialize all"."""
     selector = {"repositoryLocationName": "dirsync_pipeline", "repositoryName": "__repository__", "jobName": "directory_sync"}
     if materialize_all:
@@ -107,7 +115,7 @@ def launch_sync_now(url: str, *, materialize_all: bool = False) -> dict:
     launched = graphql(url, """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
         __typename ... on LaunchRunSuccess { run { runId tags { key value } } } ... on PythonError { message } } }""",
         {"p": {"selector": selector,
-               "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "demo"}]}}})["launchRun"]
+               "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]}}})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     return launched["run"]
 

@@ -85,7 +85,7 @@ def test_customer_member_has_no_email(emulator, directory):
 
 def test_repeated_page_token_stops_with_a_clear_error(emulator):
     emulator.faults.repeat_page_token_on = "users.list"
-    with pytest.raises(MalformedResponseError, match="page token it had already returned"):
+    with pytest.raises(MalformedResponseError, match="users.list: page 2 repeats an earlier page token; stopped paging"):
         anonymous_client(emulator).fetch_users()
 
 

@@ -13,6 +13,7 @@ import duckdb
 
 from dirsync_pipeline.cli.heap import freeze_long_lived
 from dirsync_pipeline.cli.options import add_config_args, selected_connection_ids
+from dirsync_pipeline.cli.stopping import SyncStopped, stopped_by_signals
 from dirsync_pipeline.config import CONFIG_ENV_VAR, DirsyncConfig, load_config
 from dirsync_pipeline.defs.jobs import TRIGGER_TAG
 from dirsync_pipeline.warehouse.tables import SYNC_TABLES
@@ -51,7 +52,12 @@ def run_connections(
     overrides = mass_removal_override() if args.allow_mass_removal else {}
     failed = []
     for connection_id in ids:
-        if not run_sync(args.config, connection_id, job_name=job_name, **overrides):
+        try:
+            synced = run_sync(args.config, connection_id, job_name=job_name, **overrides)
+        except SyncStopped as stopped:
+            print(f"{connection_id}: sync stopped by {stopped}; the last published data is unchanged", file=sys.stderr)
+            return stopped.exit_code
+        if not synced:
             failed.append(connection_id)
         elif on_success:
             on_success(config, connection_id)
@@ -64,8 +70,12 @@ def run_connections(
 def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.pop(CONFIG_ENV_VAR, None)  # the demo is the embedded default, whatever the environment says
     config = load_config(None)
-    if not run_sync(None, "demo"):
-        return 1
+    try:
+        if not run_sync(None, "demo"):
+            return 1
+    except SyncStopped as stopped:
+        print(f"demo: sync stopped by {stopped}; the last published data is unchanged", file=sys.stderr)
+        return stopped.exit_code
     print_summary(config)
     return 0
 
@@ -89,7 +99,7 @@ def run_sync(
     """
     job = dg.build_reconstructable_job(__name__, sync_job.__name__, reconstructable_args=(config_path, job_name))
     freeze_long_lived()  # the job's definitions and Dagster's execution modules: the run's collections skip them
-    with _instance() as instance:
+    with _instance() as instance, stopped_by_signals() as signals:
         result = dg.execute_job(
             job, instance=instance, raise_on_error=False,
             tags={TRIGGER_TAG: "cli", PARTITION_TAG: connection_id, **(tags or {})},
@@ -98,6 +108,8 @@ def run_sync(
         if result.success:
             print(f"{connection_id}: sync {result.run_id} published")
             return True
+        if (signum := signals.first()) is not None:  # Dagster turned the signal into the run's interruption
+            raise SyncStopped(signum)
         for message in failure_messages(result):
             print(f"{connection_id}: {message}", file=sys.stderr)
         return False
@@ -120,7 +132,8 @@ CLASS_PREFIX = re.compile(r"^[\w.]+: ")
 
 def failure_messages(result: dg.JobExecutionResult) -> list[str]:
     messages = [
-        f"check {e.asset_key.to_user_string()}:{e.check_name} failed ({e.metadata['failures'].value} failures)"
+        f"check {e.asset_key.to_user_string()}:{e.check_name} failed ({e.metadata['failures'].value} failures"
+        + (f": {e.metadata['first_failures'].value})" if "first_failures" in e.metadata else ")")
         for e in result.get_asset_check_evaluations() if not e.passed and "failures" in e.metadata
     ]
     for event in result.all_events:

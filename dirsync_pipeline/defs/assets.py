@@ -113,12 +113,18 @@ class GroupsRead:
 def users_listed_alongside(client: DirectoryClient, connection: ConnectionConfig) -> Iterator[Future]:
     """users.list pages one after another (each needs the previous page's token), so it runs in its own
     thread alongside groups.list and members.list: one client, one rate limiter, one set of counters.
-    With ``max_concurrency: 1`` it runs first instead: one request at a time, strictly sequential."""
+    With ``max_concurrency: 1`` it runs first instead: one request at a time, strictly sequential.
+    When the block fails or is interrupted (SIGTERM, SIGINT, a run terminated in the UI), the client is
+    stopped, so the listing ends at its next page instead of paging on while the step waits for it."""
     with ThreadPoolExecutor(1, thread_name_prefix="users") as background:
-        listing = background.submit(client.fetch_users)
-        if connection.max_concurrency == 1:
-            listing.result()  # every user page before the first group page
-        yield listing
+        try:
+            listing = background.submit(client.fetch_users)
+            if connection.max_concurrency == 1:
+                listing.result()  # every user page before the first group page
+            yield listing
+        except BaseException:
+            client.stop()
+            raise
 
 
 def read_groups(
@@ -206,10 +212,12 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
             for table, frame in ((GOOGLE_GROUPS, read.groups), (GOOGLE_GROUP_MEMBERS, read.edges)):
                 yield from stage_check_results(table, frame, {GOOGLE_GROUPS: read.groups})
             users = _with_sync_columns(users_listing.result(), connection.id)
+            unlisted_deleted = client.verify_users_listed(users, read.edges)
         context.log.info(f"{connection.id}: listed {users.height} users, {read.groups.height} groups, "
                          f"{read.edges.height} member edges")
         yield table_output(GOOGLE_USERS, users, output_name=GOOGLE_USERS.name,  # the last output: every call is counted
                            suspended_users=users["suspended"].sum(), archived_users=users["archived"].sum(),
+                           members_deleted_since_listed=unlisted_deleted,
                            **_api_metadata(client, started))
         yield from stage_check_results(GOOGLE_USERS, users, {})
 

@@ -64,6 +64,8 @@ class Outcome:
     def check_result(self, table: Table, check_name: str, action: str, **metadata: object) -> dg.AssetCheckResult:
         """The result for the UI; a failure carries ``action``, what the operator should do about it."""
         shown = {"failures": self.failures, **metadata}
+        if not self.passed and self.sample is not None and {"check", "failure_case"} <= set(self.sample.columns):
+            shown["first_failures"] = first_failures(self.sample)
         if self.sample is not None and self.sample.height:
             with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
                            fmt_str_lengths=60, tbl_cols=-1):
@@ -72,6 +74,15 @@ class Outcome:
             shown["what_to_do"] = action
         return dg.AssetCheckResult(asset_key=table.asset_key, check_name=check_name, passed=self.passed, metadata=shown,
                                    description=None if self.passed else action)
+
+
+def first_failures(cases: pl.DataFrame, shown: int = 3) -> str:
+    """The first few failure cases in one line, e.g. ``unique key (group_id, member_id): 0abc / 1234``: what a
+    summary names, so that "matches_contract failed" says which rule and which rows."""
+    distinct = cases.select("check", "failure_case").unique(maintain_order=True)  # a duplicate key: each of its rows
+    text = [f"{check}: {case}" for check, case in distinct.head(shown).iter_rows()]
+    more = f" (+{distinct.height - shown} more)" if distinct.height > shown else ""
+    return "; ".join(text) + more
 
 
 def validate_contract(table: Table, frame: pl.DataFrame) -> Outcome:

@@ -39,8 +39,9 @@ class GoogleDirectoryResource(dg.ConfigurableResource):
 
     @contextmanager
     def client(self, connection: ConnectionConfig) -> Iterator[DirectoryClient]:
+        """A client for ``connection``, stopped when the block ends: no request of it outlives the block."""
         ensure_reachable(connection.api_endpoint)  # a misspelt endpoint fails now, not after the retries
-        yield DirectoryClient(
+        client = DirectoryClient(
             build_credentials(connection.credentials),
             customer=connection.customer,
             api_endpoint=self.endpoint(connection),
@@ -53,7 +54,13 @@ class GoogleDirectoryResource(dg.ConfigurableResource):
                 total_budget=connection.retry.total_budget_seconds,
             ),
             rate_limiter=RateLimiter(connection.rate_limit_qps),
+            max_users=connection.limits.max_users,
+            max_groups=connection.limits.max_groups,
         )
+        try:
+            yield client
+        finally:
+            client.stop()
 
     def endpoint(self, connection: ConnectionConfig) -> str | None:
         """The API endpoint to call (None: Google); starts the connection's embedded emulator on first use."""

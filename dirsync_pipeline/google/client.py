@@ -30,6 +30,7 @@ from dirsync_pipeline.google.batch import LeanBatchHttpRequest
 from dirsync_pipeline.google.errors import (
     AuthorizationError,
     GroupNotFoundError,
+    FetchStoppedError,
     IncompleteResponseError,
     MalformedResponseError,
     explain_http_error,
@@ -54,16 +55,19 @@ from dirsync_pipeline.google.retry import (
     retry_cause,
 )
 
+NOTHING_PUBLISHED = "Nothing was published; the next sync retries (if it persists, check proxies between dirsync and Google)."
 USERS_PAGE_SIZE = 500  # Google's maximum for users.list
 GROUPS_PAGE_SIZE = 200  # maximum for groups.list and members.list
 MEMBERS_PAGE_SIZE = 200
 # Partial responses: `nextPageToken` must be in every mask, or Google drops it and paging stops silently.
+# `kind` too: Google puts it on every page, so a page without it (`{}`, a proxy's empty object) is not
+# Google's answer, while an empty page that is Google's still says what it is.
 USER_FIELDS = (
-    "nextPageToken,users(id,primaryEmail,name(givenName,familyName,fullName),isAdmin,suspended,archived,"
+    "kind,nextPageToken,users(id,primaryEmail,name(givenName,familyName,fullName),isAdmin,suspended,archived,"
     "orgUnitPath,creationTime,lastLoginTime,aliases)"
 )
-GROUP_FIELDS = "nextPageToken,groups(id,email,name,description,directMembersCount,adminCreated)"
-MEMBER_FIELDS = "nextPageToken,members(id,email,role,type,status)"
+GROUP_FIELDS = "kind,nextPageToken,groups(id,email,name,description,directMembersCount,adminCreated)"
+MEMBER_FIELDS = "kind,nextPageToken,members(id,email,role,type,status)"
 HTTP_TIMEOUT_SECONDS = 60
 GOOGLE_ROOT_URL = "https://admin.googleapis.com/"
 # The client builds batch requests for Google's root URL whatever api_endpoint says: ours is built from it.
@@ -72,6 +76,49 @@ BATCH_PATH = "batch/admin/directory_v1"
 # batch that arrives a little early must not find the quota's bucket empty.
 BATCH_SHARE_OF_QPS = 0.25
 GROUP_COUNT_FIELD = list(GROUP_SCHEMA).index("direct_members_count")
+PAGE_KINDS = {"users": "admin#directory#users", "groups": "admin#directory#groups", "members": "admin#directory#members"}
+# users.get confirms at most this many users that a member list names and users.list did not return.
+MAX_UNLISTED_CONFIRMED = 10
+
+
+@dataclass(frozen=True)
+class PageChain:
+    """How far one list call has paged: what proves that its chain of page tokens ends.
+
+    Google hands out a page token only while items remain, so a chain longer than the directory can hold
+    (``max_pages``, from the config's limits), a token or a page returned twice, or a page with a token but
+    no items cannot be Google's answer: it would page forever or lose rows, so the sync stops.
+    """
+
+    endpoint: str  # what the messages name, e.g. "users.list" or "members.list of group 0abc"
+    max_pages: int
+    pages: int = 0
+    tokens: frozenset[str] = frozenset()
+    first_ids: frozenset[str] = frozenset()  # each page's first id: a page served again repeats it
+
+    def after(self, response: dict, items: list) -> PageChain:
+        """The chain once this page is read; raises MalformedResponseError when the chain cannot be Google's."""
+        token = response.get("nextPageToken")
+        first_id = items[0].get("id") if items and isinstance(items[0], dict) else None
+        if token and not items:
+            raise MalformedResponseError(
+                f"{self.endpoint}: page {self.pages + 1} carries a next page token but no items: a page that lost its "
+                f"rows between dirsync and Google. {NOTHING_PUBLISHED}"
+            )
+        if token in self.tokens or first_id in self.first_ids:
+            raise MalformedResponseError(
+                f"{self.endpoint}: page {self.pages + 1} repeats an earlier {'page token' if token in self.tokens else 'page'}; "
+                f"stopped paging to avoid an endless loop. {NOTHING_PUBLISHED}"
+            )
+        if token and self.pages + 1 >= self.max_pages:
+            raise MalformedResponseError(
+                f"{self.endpoint}: still handing out page tokens after {self.pages + 1} pages, more than the directory "
+                f"can hold under the connection's `limits` (max_users, max_groups); stopped paging. If the directory "
+                f"really is that large, raise the limits. {NOTHING_PUBLISHED}"
+            )
+        return PageChain(self.endpoint, self.max_pages, self.pages + 1,
+                         self.tokens | {token} if token else self.tokens,
+                         self.first_ids | {first_id} if first_id else self.first_ids)
 
 
 @dataclass
@@ -85,11 +132,11 @@ class MembersFetch:
 
 @dataclass(frozen=True)
 class MembersPage:
-    """One members.list page still to read: its group, its request, the page tokens the group returned so far."""
+    """One members.list page still to read: its group, how far its chain has paged, its request."""
 
     group_id: str
+    chain: PageChain
     request: HttpRequest | None = None  # None: the group's first page, built by the worker that sends it
-    seen_tokens: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -114,6 +161,8 @@ class DirectoryClient:
         batch_size: int = 1,
         retry_policy: RetryPolicy | None = None,
         rate_limiter: RateLimiter | None = None,
+        max_users: int = 1_000_000,
+        max_groups: int = 200_000,
     ):
         client_options = {"api_endpoint": api_endpoint} if api_endpoint else None
         self._service = build(
@@ -133,7 +182,20 @@ class DirectoryClient:
         self._batch_size = min(batch_size, max(1, int(max_qps * BATCH_SHARE_OF_QPS))) if max_qps else batch_size
         self._batch_uri = urljoin(api_endpoint or GOOGLE_ROOT_URL, BATCH_PATH)
         self._thread_http = threading.local()
+        self._stopping = threading.Event()
+        # Page chains are bounded by what the directory can hold: a group's members are users and groups.
+        self._max_pages = {"users.list": _pages_for(max_users, USERS_PAGE_SIZE),
+                           "groups.list": _pages_for(max_groups, GROUPS_PAGE_SIZE),
+                           "members.list": _pages_for(max_users + max_groups, MEMBERS_PAGE_SIZE)}
         self.stats = ApiStats()
+
+    def stop(self) -> None:
+        """Make every request of this client still to be sent (and every retry wait) raise FetchStoppedError.
+
+        Called when the run is interrupted (SIGTERM, SIGINT, Dagster's run termination) or one part of the fetch
+        failed: the threads still paging end at their next request instead of paging on to the end.
+        """
+        self._stopping.set()
 
     # -- the three listings -------------------------------------------------------------------
 
@@ -142,6 +204,39 @@ class DirectoryClient:
         request = self._users.list(customer=self._customer, maxResults=USERS_PAGE_SIZE, orderBy="email", fields=USER_FIELDS)
         pages = self._pages(request, "users.list", "users", self._users.list_next)
         return pages_to_frame(_read_ahead(pages), user_row, USER_SCHEMA)
+
+    def verify_users_listed(self, users: pl.DataFrame, edges: pl.DataFrame) -> int:
+        """Prove users.list complete against the member lists: every USER member in the directory's own domains
+        (those of the users listed) that users.list did not return is asked for with ``users.get``.
+
+        One that exists means the listing lost users (a page dropped or emptied on the way) while saying
+        success, so the sync fails rather than publish a directory without them. Returns how many such members
+        users.get found deleted since (nothing to be incomplete about).
+        """
+        domains = users.select(pl.col("primary_email").str.split("@").list.last().unique())
+        unlisted = (
+            edges.filter((pl.col("member_type") == "USER") & ~pl.col("member_id").is_in(users["user_id"].implode()))
+            .filter(pl.col("member_email").str.split("@").list.last().is_in(domains.to_series().implode()))
+            .select("member_id", "member_email").unique("member_id").sort("member_email")
+        )
+        existing, deleted = [], 0
+        for member_id, email in unlisted.iter_rows():
+            try:
+                self._execute(self._users.get(userKey=member_id, fields="id,primaryEmail"), "users.get")
+            except GroupNotFoundError:  # any 404: the user was deleted after the member list was read
+                deleted += 1
+                continue
+            existing.append(email)
+            if len(existing) == MAX_UNLISTED_CONFIRMED:
+                break
+        if existing:
+            raise IncompleteResponseError(
+                f"users.list did not return {'at least ' if len(existing) == MAX_UNLISTED_CONFIRMED else ''}"
+                f"{len(existing)} user(s) that groups list as members and users.get confirms exist "
+                f"({', '.join(existing)}): the listing is incomplete (a page lost or emptied between dirsync and "
+                f"Google). {NOTHING_PUBLISHED}"
+            )
+        return deleted
 
     def fetch_groups(self) -> pl.DataFrame:
         """Every group of the customer, so an admin can choose which to sync."""
@@ -165,7 +260,7 @@ class DirectoryClient:
         fetched: list[str] = []
         missing: list[str] = []
         partial: dict[str, list[tuple]] = {}  # rows of the groups whose last page has not arrived yet
-        waiting = deque(MembersPage(group_id) for group_id in dict.fromkeys(group_ids))
+        waiting = deque(self._first_members_page(group_id) for group_id in dict.fromkeys(group_ids))
         seen = {page.group_id for page in waiting}
         with ThreadPoolExecutor(self._max_concurrency, thread_name_prefix="members") as pool:
             in_flight: set[Future] = set()
@@ -191,10 +286,11 @@ class DirectoryClient:
                             edges.extend(group_edges)
                             for nested in {e[1] for e in group_edges if e[3] == "GROUP"} - seen:
                                 seen.add(nested)
-                                waiting.append(MembersPage(nested))
+                                waiting.append(self._first_members_page(nested))
                     if on_progress:
                         on_progress(len(fetched) + len(missing), len(seen))
             except BaseException:
+                self.stop()  # the pages in flight end at their next request
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
         return MembersFetch(edges.frame(), sorted(fetched), sorted(missing))
@@ -206,32 +302,45 @@ class DirectoryClient:
         that still differs means Google answered incompletely while saying success, so the sync fails
         rather than publish a partial directory. Returns how many groups needed a recount.
         """
-        received = fetched.edges.group_by("group_id").len(name="received")
+        received = fetched.edges.group_by("group_id").agg(pl.len().alias("received"),
+                                                          pl.col("member_id").n_unique().alias("distinct"))
         compared = (
             groups.filter(pl.col("group_id").is_in(fetched.fetched_group_ids))
             .join(received, on="group_id", how="left")
-            .with_columns(pl.col("received").fill_null(0))
+            .with_columns(pl.col("received", "distinct").fill_null(0))
             .filter(pl.col("received") != pl.col("direct_members_count"))
         )
-        incomplete = []
-        for group_id, email, received_count in compared.select("group_id", "email", "received").iter_rows():
+        fewer, more = [], []
+        for group_id, email, received_count, distinct in compared.select(
+                "group_id", "email", "received", "distinct").iter_rows():
             try:
                 current = self._current_member_count(group_id)
             except GroupNotFoundError:
                 continue  # deleted after its members were read: nothing left to be incomplete
-            if current != received_count:
-                incomplete.append(f"{email}: {received_count} of {current}")
-        if incomplete:
+            if received_count < current:
+                fewer.append(f"{email}: {received_count} of {current}")
+            elif received_count > current:
+                twice = f"; {received_count - distinct} member(s) listed twice" if distinct < received_count else ""
+                more.append(f"{email}: {received_count} rows for {current} members{twice}")
+        problems = [f"fewer members than Google's own directMembersCount for {len(fewer)} group(s) ({'; '.join(fewer[:10])})"
+                    ] if fewer else []
+        if more:
+            problems.append(f"more members than Google's own directMembersCount for {len(more)} group(s) "
+                            f"({'; '.join(more[:10])})")
+        if problems:
             raise IncompleteResponseError(
-                f"members.list returned fewer members than Google's own directMembersCount for {len(incomplete)} "
-                f"group(s) ({'; '.join(incomplete[:10])}). Google answered incompletely; nothing was published. "
-                "The next sync retries; if it persists, report it to Google Workspace support."
+                f"members.list returned {' and '.join(problems)}. Google's answer does not add up; nothing was "
+                "published. The next sync retries; if it persists, check proxies between dirsync and Google, then "
+                "report it to Google Workspace support."
             )
         return compared.height
 
     def _current_member_count(self, group_id: str) -> int:
         request = self._groups.get(groupKey=group_id, fields="id,email,directMembersCount")
         return group_row(self._execute(request, "groups.get", group=group_id))[GROUP_COUNT_FIELD]
+
+    def _first_members_page(self, group_id: str) -> MembersPage:
+        return MembersPage(group_id, PageChain(f"members.list of group {group_id}", self._max_pages["members.list"]))
 
     def _take_batch(self, waiting: deque[MembersPage]) -> list[MembersPage]:
         """The next pages to send together: up to ``batch_size``, fewer when that leaves workers idle."""
@@ -248,11 +357,11 @@ class DirectoryClient:
     def _members_page_read(self, page: MembersPage, request: HttpRequest, answer: object) -> MembersPageRead:
         if isinstance(answer, GroupNotFoundError):
             return MembersPageRead(page.group_id, [], None, vanished=True)
-        what = f"members.list of group {page.group_id}"
-        rows = [member_row(page.group_id, member) for member in self._page_items(answer, what, "members")]
+        items = self._page_items(answer, page.chain.endpoint, "members")
+        chain = page.chain.after(answer, items)
+        rows = [member_row(page.group_id, member) for member in items]
         next_request = self._members.list_next(request, answer)
-        next_page = None if next_request is None else MembersPage(
-            page.group_id, next_request, self._new_token(page.seen_tokens, answer, what))
+        next_page = None if next_request is None else MembersPage(page.group_id, chain, next_request)
         return MembersPageRead(page.group_id, rows, next_page)
 
     def _send_members_requests(self, pages: list[MembersPage], requests: list[HttpRequest]) -> list[object]:
@@ -282,6 +391,7 @@ class DirectoryClient:
             batch = LeanBatchHttpRequest(batch_uri=self._batch_uri)
             for index in unanswered:
                 batch.add(requests[index], callback=collect, request_id=str(index))
+            self._raise_if_stopping()
             self.stats.count_batch()
             batch.execute(http=self._http())
             unanswered = sorted(index for index, error in failures.items() if retry_cause(error))
@@ -296,18 +406,20 @@ class DirectoryClient:
 
         with self._explained_errors(f"members.list of {len(pages)} groups in one batch"):
             call_with_retry(send_unanswered, endpoint="members.list", policy=self._retry_policy,
-                            limiter=self._rate_limiter, stats=self.stats, calls=lambda: len(unanswered))
+                            limiter=self._rate_limiter, stats=self.stats, calls=lambda: len(unanswered),
+                            sleep=self._wait_unless_stopped)
         return [answers[index] for index in range(len(pages))]
 
     # -- paging, execution, errors -------------------------------------------------------------
 
     def _pages(self, request, endpoint: str, items_key: str, list_next) -> Iterator[list]:
-        """Yield each page's items; stop on a missing token, refuse a token seen before (endless loop)."""
-        seen_tokens: frozenset[str] = frozenset()
+        """Yield each page's items, until the page without a token; the chain is proven to end (PageChain)."""
+        chain = PageChain(endpoint, self._max_pages[endpoint])
         while request is not None:
             response = self._execute(request, endpoint)
-            yield self._page_items(response, endpoint, items_key)
-            seen_tokens = self._new_token(seen_tokens, response, endpoint)
+            items = self._page_items(response, endpoint, items_key)
+            chain = chain.after(response, items)
+            yield items
             request = list_next(request, response)
 
     @staticmethod
@@ -317,29 +429,35 @@ class DirectoryClient:
                 f"{endpoint}: the answer is not a JSON object (got {type(response).__name__}: an HTML page from a "
                 "proxy, or truncated JSON?); check proxies between dirsync and Google"
             )
+        if response.get("kind") != PAGE_KINDS[items_key]:
+            raise MalformedResponseError(
+                f"{endpoint}: a page without Google's `kind` {PAGE_KINDS[items_key]!r} (got {sorted(response)[:5]} as its "
+                f"keys): not the Directory API's answer (emptied or rewritten on the way). {NOTHING_PUBLISHED}"
+            )
         items = response.get(items_key, [])  # Google omits the key on an empty page
         if not isinstance(items, list):
             raise MalformedResponseError(f"{endpoint}: `{items_key}` is {type(items).__name__}, not a list")
         return items
 
-    @staticmethod
-    def _new_token(seen_tokens: frozenset[str], response: dict, endpoint: str) -> frozenset[str]:
-        """The page tokens seen, with this answer's; a token returned twice would page forever."""
-        token = response.get("nextPageToken")
-        if token in seen_tokens:
-            raise MalformedResponseError(
-                f"{endpoint}: Google returned a page token it had already returned; stopped paging to avoid "
-                "an endless loop. Nothing was published; sync again later."
-            )
-        return seen_tokens | {token} if token else seen_tokens
-
     def _execute(self, request, endpoint: str, *, group: str | None = None) -> object:
         what = f"{endpoint} of group {group}" if group else f"{endpoint} (customer {self._customer})"
+
+        def send() -> object:
+            self._raise_if_stopping()
+            return request.execute(http=self._http())
+
         with self._explained_errors(what):
-            return call_with_retry(
-                lambda: request.execute(http=self._http()),
-                endpoint=endpoint, policy=self._retry_policy, limiter=self._rate_limiter, stats=self.stats,
-            )
+            return call_with_retry(send, endpoint=endpoint, policy=self._retry_policy, limiter=self._rate_limiter,
+                                   stats=self.stats, sleep=self._wait_unless_stopped)
+
+    def _raise_if_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise FetchStoppedError("the fetch was stopped (the run was interrupted, or another part of it failed)")
+
+    def _wait_unless_stopped(self, seconds: float) -> None:
+        """The retry policy's wait, cut short (and raising) when the client is stopped meanwhile."""
+        if self._stopping.wait(seconds):
+            self._raise_if_stopping()
 
     @contextmanager
     def _explained_errors(self, what: str) -> Iterator[None]:
@@ -370,6 +488,11 @@ class DirectoryClient:
             http = google_auth_httplib2.AuthorizedHttp(self._credentials, http=httplib2.Http(timeout=HTTP_TIMEOUT_SECONDS))
             self._thread_http.http = http
         return http
+
+
+def _pages_for(items: int, page_size: int) -> int:
+    """The most pages a listing of at most ``items`` can take: full pages, and an empty last one."""
+    return math.ceil(items / page_size) + 1
 
 
 def _read_ahead(pages: Iterator[list]) -> Iterator[list]:

@@ -43,6 +43,10 @@ class IncompleteResponseError(DirectoryError):
     """Google said success but returned less than it counts itself: never publish such a sync."""
 
 
+class FetchStoppedError(DirectoryError):
+    """The client was stopped (the run interrupted, or another part of the fetch failed) before this request."""
+
+
 class RetriesExhaustedError(DirectoryError):
     """A transient failure that outlasted the retry policy's attempts or time budget."""
 

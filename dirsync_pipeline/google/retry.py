@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import httplib2
@@ -156,14 +157,17 @@ def call_with_retry(
     stats: ApiStats,
     rng: random.Random | None = None,
     calls: Callable[[], int] = lambda: 1,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Run ``call`` under the policy; non-retryable errors propagate unchanged for the caller to explain.
 
     ``calls`` says how many API calls the next attempt sends: a batch re-sends only its parts still
-    unanswered, and each part counts against the quota, the limiter and the statistics.
+    unanswered, and each part counts against the quota, the limiter and the statistics. ``sleep`` waits
+    between attempts (the client's own raises once the sync is stopped, so a retry wait never delays a stop).
     """
     rng = rng or _JITTER
-    started = time.monotonic()
+    # The attempts of this one call: a sync runs many calls, so name when they began, not only how long.
+    started, first_attempt_at = time.monotonic(), datetime.now(UTC)
     for attempt in range(policy.max_attempts):
         sending = calls()
         stats.add_wait(limiter.acquire(sending))
@@ -182,11 +186,12 @@ def call_with_retry(
                 hint = "could not reach the API endpoint: check api_endpoint and the network" if cause == "network" \
                     else "Google may be degraded"
                 raise RetriesExhaustedError(
-                    f"{endpoint}: still failing after {attempt + 1} attempts over {time.monotonic() - started:.0f}s "
-                    f"(last: {cause}); {hint}. Nothing was published; the next sync retries."
+                    f"{endpoint}: still failing after {attempt + 1} attempts over {time.monotonic() - started:.0f} s, "
+                    f"from {first_attempt_at:%H:%M:%S} UTC on (last: {cause}); {hint}. Nothing was published; the next "
+                    "sync retries."
                 ) from None
             stats.count_retry(cause, calls())
-            time.sleep(delay)
+            sleep(delay)
             continue
         limiter.succeeded()
         return result
