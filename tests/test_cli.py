@@ -69,18 +69,18 @@ def test_unusable_key_file_and_dead_endpoint_fail_with_clear_messages(tmp_path):
     key = tmp_path / "sa.json"
     key.write_text("not json at all")
     key.chmod(0o644)
-    config = write_config(tmp_path, [
-        {"id": "badkey", "api_endpoint": "http://127.0.0.1:9/", "selected_groups": "all",
-         "credentials": {"type": "service_account", "file": str(key), "subject": "admin@acme.test"}},
-        {"id": "dead", "api_endpoint": "http://127.0.0.1:9/", "selected_groups": "all",
-         "retry": {"max_attempts": 2, "max_delay_seconds": 0.1}},
-    ])
-    result = dirsync("sync", "--config", str(config), cwd=tmp_path)
+    with DirectoryEmulator(generate_directory(users=20, groups=3, seed=5)) as emulator:
+        config = write_config(tmp_path, [
+            {"id": "badkey", "api_endpoint": emulator.url, "selected_groups": "all",
+             "credentials": {"type": "service_account", "file": str(key), "subject": "admin@acme.test"}},
+            {"id": "dead", "api_endpoint": "http://127.0.0.1:9/", "selected_groups": "all"},
+        ])
+        result = dirsync("sync", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 1
     assert f"{key} is readable by other users" in result.stderr and f"chmod 600 {key}" in result.stderr
     assert f"badkey: step google_directory failed: {key} is not a usable service account key" in result.stderr
-    # users.list and groups.list start together: whichever gives up first names itself
-    assert re.search(r"dead: step google_directory failed: (users|groups)\.list: still failing after 2 attempts",
-                     result.stderr)
-    assert "could not reach the API endpoint" in result.stderr
+    # nothing listens at the configured endpoint: said at once, naming it and the network error, no retries
+    assert re.search(r"dead: step google_directory failed: nothing answers at api_endpoint http://127\.0\.0\.1:9/ "
+                     r"\(\[Errno 111\] Connection refused\)", result.stderr)
+    assert "still failing after" not in result.stderr
     assert "not json at all" not in result.stderr
