@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import enum
 import os
 import re
 import sys
@@ -16,6 +17,7 @@ from dirsync_pipeline.cli.options import add_config_args, selected_connection_id
 from dirsync_pipeline.cli.stopping import SyncStopped, stopped_by_signals
 from dirsync_pipeline.config import CONFIG_ENV_VAR, DirsyncConfig, load_config
 from dirsync_pipeline.defs.jobs import TRIGGER_TAG
+from dirsync_pipeline.warehouse.publication import PartlyPublishedError
 from dirsync_pipeline.warehouse.tables import SYNC_TABLES
 
 PARTITION_TAG = "dagster/partition"  # how a run names its partition (the connection)
@@ -50,28 +52,29 @@ def run_connections(
     config = load_config(args.config)
     ids = selected_connection_ids(config, args)
     overrides = mass_removal_override() if args.allow_mass_removal else {}
-    failed = []
+    failed, partly = [], []
     for connection_id in ids:
         try:
-            synced = run_sync(args.config, connection_id, job_name=job_name, **overrides)
+            outcome = run_sync(args.config, connection_id, job_name=job_name, **overrides)
         except SyncStopped as stopped:
             print(f"{connection_id}: sync stopped by {stopped}; the last published data is unchanged", file=sys.stderr)
             return stopped.exit_code
-        if not synced:
-            failed.append(connection_id)
-        elif on_success:
+        if outcome is SyncOutcome.PUBLISHED and on_success:
             on_success(config, connection_id)
+        {SyncOutcome.UNCHANGED: failed, SyncOutcome.PARTLY_PUBLISHED: partly}.get(outcome, []).append(connection_id)
     if failed:
         print(f"dirsync: {what} failed for {failed}; the last published data is unchanged", file=sys.stderr)
-        return 1
-    return 0
+    if partly:
+        print(f"dirsync: {what} of {partly} published to DuckDB but not to Parquet (see above); the next sync "
+              "repairs the Parquet manifest", file=sys.stderr)
+    return 1 if failed or partly else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.pop(CONFIG_ENV_VAR, None)  # the demo is the embedded default, whatever the environment says
     config = load_config(None)
     try:
-        if not run_sync(None, "demo"):
+        if run_sync(None, "demo") is not SyncOutcome.PUBLISHED:
             return 1
     except SyncStopped as stopped:
         print(f"demo: sync stopped by {stopped}; the last published data is unchanged", file=sys.stderr)
@@ -88,10 +91,18 @@ def mass_removal_override() -> dict[str, dict]:
     }
 
 
+class SyncOutcome(enum.Enum):
+    """What a sync left for consumers to read."""
+
+    PUBLISHED = "published"
+    UNCHANGED = "unchanged"  # failed, and the last published data is exactly as it was
+    PARTLY_PUBLISHED = "partly published"  # DuckDB has the sync, the Parquet manifest still names the previous one
+
+
 def run_sync(
     config_path: str | None, connection_id: str, run_config: dict | None = None, tags: dict | None = None,
     job_name: str = "directory_sync",
-) -> bool:
+) -> SyncOutcome:
     """Run ``job_name`` for one connection; print the actionable failure messages when it fails.
 
     ``execute_job`` runs the job in this process like a run launched from the UI. ``execute_in_process``
@@ -107,12 +118,12 @@ def run_sync(
         )
         if result.success:
             print(f"{connection_id}: sync {result.run_id} published")
-            return True
+            return SyncOutcome.PUBLISHED
         if (signum := signals.first()) is not None:  # Dagster turned the signal into the run's interruption
             raise SyncStopped(signum)
         for message in failure_messages(result):
             print(f"{connection_id}: {message}", file=sys.stderr)
-        return False
+        return SyncOutcome.PARTLY_PUBLISHED if partly_published(result) else SyncOutcome.UNCHANGED
 
 
 def sync_job(config_path: str | None, job_name: str) -> dg.JobDefinition:
@@ -144,6 +155,14 @@ def failure_messages(result: dg.JobExecutionResult) -> list[str]:
             explanation = CLASS_PREFIX.sub("", cause.message.strip())
             messages.append(f"step {event.step_key} failed: {explanation}")
     return messages or ["the run failed; see the Dagster run log"]
+
+
+def partly_published(result: dg.JobExecutionResult) -> bool:
+    """Whether the publish committed to DuckDB and then failed to name its Parquet set (PartlyPublishedError)."""
+    return any(
+        (event.step_failure_data.error.cause or event.step_failure_data.error).cls_name == PartlyPublishedError.__name__
+        for event in result.all_events if event.is_step_failure
+    )
 
 
 def print_summary(config: DirsyncConfig) -> None:

@@ -162,6 +162,14 @@ def _stop_when_failed(listing: Future, progress: Callable[[int, int], None]) -> 
     return on_progress
 
 
+def repair_parquet_manifest(context: dg.AssetExecutionContext, store: Warehouse, connection_id: str) -> None:
+    """First thing in a sync: a publish whose manifest could not be replaced left DuckDB ahead of Parquet; name
+    DuckDB's last sync in the manifest again, so that both agree whatever this sync then does."""
+    if repaired := store.repair_manifest(connection_id):
+        context.log.warning(f"{connection_id}: the Parquet manifest named an older sync than DuckDB; it names "
+                            f"sync {repaired} again, as core.sync_log does")
+
+
 def _mass_removal_check(
     connection: ConnectionConfig, store: Warehouse, *, allow: bool
 ) -> tuple[dg.AssetCheckResult, str | None, bool]:
@@ -200,9 +208,10 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
                     "page's token), so they run alongside groups.list and members.list, under the same rate limiter.",
     )
     def google_directory(
-        context: dg.AssetExecutionContext, google: GoogleDirectoryResource
+        context: dg.AssetExecutionContext, google: GoogleDirectoryResource, warehouse: WarehouseResource
     ) -> Iterator[dg.Output | dg.AssetCheckResult]:
         connection = google.connection(context.partition_key)
+        repair_parquet_manifest(context, warehouse.warehouse, connection.id)
         started = datetime.now(UTC).timestamp()
         with google.client(connection) as client, users_listed_alongside(client, connection) as users_listing:
             read = read_groups(context, client, connection, users_listing)
@@ -307,6 +316,7 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
     ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
         connection = google.connection(context.partition_key)
         store = warehouse.warehouse
+        repair_parquet_manifest(context, store, connection.id)
         replayed = restore_unmaterialized_stages(store, connection.id, materialized_in_run(context.job_def))
         if replayed:
             context.log.info(f"{connection.id}: not recomputed in this run, taken from the last published snapshot: "

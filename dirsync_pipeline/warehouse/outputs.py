@@ -138,6 +138,12 @@ class _VersionWriter:
         return PendingVersion(self.final, manifest)
 
 
+def published_version(parquet_dir: Path, connection_id: str, sync_id: str) -> PendingVersion | None:
+    """The complete set of a published sync, from its own manifest (None when it is not on disk)."""
+    own = version_dir(parquet_dir, connection_id, sync_id) / MANIFEST
+    return PendingVersion(own.parent, json.loads(own.read_text())) if own.is_file() else None
+
+
 def current_manifest(parquet_dir: Path, connection_id: str) -> dict | None:
     """The manifest of the connection's current file set, or None before its first published sync."""
     path = connection_dir(parquet_dir, connection_id) / MANIFEST

@@ -19,8 +19,45 @@ import duckdb
 
 from dirsync_pipeline.warehouse.changes import PUBLISHED, DirectoryState, insert_directory_changes
 from dirsync_pipeline.warehouse.history import ENTITLEMENTS, MEMBERSHIPS, advance_history
-from dirsync_pipeline.warehouse.outputs import PendingVersion, version_alongside
+from dirsync_pipeline.warehouse.outputs import MANIFEST, PendingVersion, connection_dir, version_alongside
 from dirsync_pipeline.warehouse.tables import DIRECTORY_CHANGES, SYNC_LOG, Table
+
+
+class PublishFailedError(Exception):
+    """The publish failed before its COMMIT took effect: nothing of it is visible, in DuckDB or in Parquet."""
+
+
+class PartlyPublishedError(Exception):
+    """DuckDB committed the sync, but the Parquet manifest still names the previous one (repaired next sync)."""
+
+
+def describe_sync(sync_id: str | None) -> str:
+    return f"sync {sync_id}" if sync_id else "no sync yet"
+
+
+def nothing_published(connection_id: str, sync_id: str, previous: str | None, cause: BaseException) -> PublishFailedError:
+    """What a publish that failed before its COMMIT left: exactly what was there."""
+    return PublishFailedError(
+        f"publishing sync {sync_id} of {connection_id} failed ({_cause(cause)}): nothing was published, the DuckDB "
+        f"tables and the Parquet manifest still hold {describe_sync(previous)}. Fix the cause and sync again."
+    )
+
+
+def manifest_not_replaced(
+    parquet_dir: Path, connection_id: str, sync_id: str, previous: str | None, cause: BaseException
+) -> PartlyPublishedError:
+    """What a publish whose manifest could not be replaced after the COMMIT left: DuckDB new, Parquet old."""
+    return PartlyPublishedError(
+        f"sync {sync_id} of {connection_id} was published to DuckDB (raw.*, core.*, its change events and history), "
+        f"but the Parquet manifest {connection_dir(parquet_dir, connection_id) / MANIFEST} could not be replaced "
+        f"({_cause(cause)}): Parquet readers still see {describe_sync(previous)}. The next sync of {connection_id} "
+        "repairs the manifest once the cause is fixed."
+    )
+
+
+def _cause(error: BaseException) -> str:
+    """The OS's or DuckDB's own words for what failed (e.g. "[Errno 30] Read-only file system: '...'")."""
+    return f"{type(error).__name__}: {error}" if not str(error) else str(error).strip().splitlines()[0]
 
 
 class Publication:

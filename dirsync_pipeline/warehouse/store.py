@@ -19,7 +19,8 @@ import polars as pl
 
 from dirsync_pipeline.warehouse.changes import DirectoryState
 from dirsync_pipeline.config import default_parquet_dir
-from dirsync_pipeline.warehouse.publication import Publication
+from dirsync_pipeline.warehouse.outputs import current_manifest, published_version
+from dirsync_pipeline.warehouse.publication import Publication, manifest_not_replaced, nothing_published
 from dirsync_pipeline.warehouse.tables import DIRECTORY_CHANGES, HISTORY_TABLES, SYNC_LOG, SYNC_LOG_COUNTED, SYNC_TABLES, Table
 
 STAGING_SCHEMA = "staging"
@@ -126,6 +127,38 @@ class Warehouse:
         before the COMMIT and becomes the current one right after it (publication.py).
         """
         counts: dict[str, int] = {}
+        previous = self.manifest_sync_id(connection_id)
+        try:
+            publication, events = self._publish_transaction(connection_id, sync_id, counts)
+        except Exception as exc:  # nothing committed: the transaction rolled back, the manifest never moved
+            raise nothing_published(connection_id, sync_id, previous, exc) from exc
+        try:
+            publication.activate()
+        except Exception as exc:
+            raise manifest_not_replaced(self.parquet_dir, connection_id, sync_id, previous, exc) from exc
+        return counts | {DIRECTORY_CHANGES.name: events}
+
+    def manifest_sync_id(self, connection_id: str) -> str | None:
+        """The sync that the connection's Parquet manifest names (None before the first)."""
+        manifest = current_manifest(self.parquet_dir, connection_id)
+        return manifest["sync_id"] if manifest else None
+
+    def repair_manifest(self, connection_id: str) -> str | None:
+        """Name the last sync DuckDB published in the Parquet manifest when a failed publish left it behind;
+        returns the sync it now names, or None when they agreed (or the sync's set is gone)."""
+        with self.connect() as conn:
+            last = conn.execute(f"SELECT sync_id FROM {SYNC_LOG.qualified_name} WHERE connection_id = ? "
+                                "ORDER BY published_at DESC LIMIT 1", [connection_id]).fetchall()
+        if not last or last[0][0] == self.manifest_sync_id(connection_id):
+            return None
+        version = published_version(self.parquet_dir, connection_id, last[0][0])
+        if version is None:
+            return None
+        version.activate()
+        return last[0][0]
+
+    def _publish_transaction(self, connection_id: str, sync_id: str, counts: dict[str, int]) -> tuple[Publication, int]:
+        """The publish's one transaction, committed; ``counts`` receives the published row counts."""
         with self.connect() as conn, _transaction(conn):
             publication = Publication(conn, self.parquet_dir, connection_id, sync_id)
             staged = DirectoryState.from_names(staging_name)
@@ -144,8 +177,7 @@ class Warehouse:
                     f"INSERT INTO {SYNC_LOG.qualified_name} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [connection_id, sync_id, publication.published_at, *(counts[t.name] for t in SYNC_LOG_COUNTED)],
                 )
-        publication.activate()
-        return counts | {DIRECTORY_CHANGES.name: events}
+        return publication, events
 
 
 @contextmanager
