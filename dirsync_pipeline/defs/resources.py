@@ -41,9 +41,10 @@ class GoogleDirectoryResource(dg.ConfigurableResource):
 
     @contextmanager
     def client(self, connection: ConnectionConfig) -> Iterator[DirectoryClient]:
+        credentials = build_credentials(connection.credentials)  # a bad key is named first
         ensure_reachable(connection.api_endpoint)  # a misspelt endpoint fails now, not after the retries
         yield DirectoryClient(
-            build_credentials(connection.credentials),
+            credentials,
             customer=connection.customer,
             api_endpoint=self.endpoint(connection),
             subject=connection.credentials.subject,
