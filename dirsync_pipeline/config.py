@@ -29,10 +29,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ParquetRetentionConfig(_Strict):
+    """How long a published Parquet set stays (warehouse/retention.py); the current set always stays."""
+
+    keep_last: int = Field(24, ge=1, le=100_000)  # sets per connection, the current one included: a day hourly
+    grace_minutes: float = Field(60.0, ge=0)  # a set replaced less than this ago stays: a consumer may be reading it
+
+
 class WarehouseConfig(_Strict):
     duckdb_path: Path = Path("data/dirsync.duckdb")
     # Parquet outputs for consumers, which are also the per-sync snapshots replay reads.
     parquet_dir: Path | None = None  # default: a `parquet` folder next to duckdb_path
+    parquet_retention: ParquetRetentionConfig = ParquetRetentionConfig()
 
     @property
     def parquet_path(self) -> Path:

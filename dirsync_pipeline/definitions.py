@@ -18,6 +18,7 @@ def build_definitions(config_path: str | None = None) -> dg.Definitions:
     config = load_config(config_path)
     duckdb_path = str(config.warehouse.duckdb_path.resolve())
     parquet_dir = str(config.warehouse.parquet_path.resolve())
+    retention = config.warehouse.parquet_retention
     partitions = dg.StaticPartitionsDefinition(config.connection_ids)
     job = build_sync_job()
     return dg.Definitions(
@@ -26,7 +27,9 @@ def build_definitions(config_path: str | None = None) -> dg.Definitions:
         schedules=[build_hourly_schedule(job, config.connection_ids)],
         resources={
             "google": GoogleDirectoryResource(config_path=str(Path(config_path).resolve()) if config_path else None),
-            "warehouse": WarehouseResource(duckdb_path=duckdb_path, parquet_dir=parquet_dir),
+            "warehouse": WarehouseResource(duckdb_path=duckdb_path, parquet_dir=parquet_dir,
+                                           parquet_keep_last=retention.keep_last,
+                                           parquet_grace_minutes=retention.grace_minutes),
             "staging_io_manager": StagingIOManager(duckdb_path=duckdb_path, parquet_dir=parquet_dir),
         },
         executor=dg.in_process_executor,

@@ -19,7 +19,7 @@ from dirsync_pipeline.google.errors import DirectoryError
 
 # Command -> the module (of this package) that registers and runs it, in the order `dirsync --help` lists them.
 COMMAND_MODULES = {"sync": "sync", "demo": "sync", "groups": "groups", "emulator": "emulator", "remap": "remap",
-                   "explain": "explain", "authorize": "authorize", "check": "check"}
+                   "explain": "explain", "prune": "prune", "authorize": "authorize", "check": "check"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from dirsync_pipeline.defs.progress import FetchProgress
 from dirsync_pipeline.warehouse.replay import materialized_in_run, require_members_in_snapshot, restore_unmaterialized_stages
 from dirsync_pipeline.defs.resources import GoogleDirectoryResource, WarehouseResource
 from dirsync_pipeline.defs.run_report import sync_report_metadata
+from dirsync_pipeline.warehouse.retention import Retention, prune_connection
 from dirsync_pipeline.warehouse.safeguards import breaker_message, staged_removals
 from dirsync_pipeline.warehouse.tables import (
     DIRECTORY_CHANGES,
@@ -344,8 +345,27 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         yield dg.MaterializeResult(
             metadata={f"published.{name}": n for name, n in counts.items()}
             | {"sync_id": context.run.run_id, "mass_removal_override": overridden}
+            | _prune_parquet_sets(context, store, connection.id, warehouse.parquet_retention)
             | sync_report_metadata(context, store, connection.id)
         )
 
     return [google_directory, filtered_memberships, role_mapped_entitlements,
             entitlement_explanations, published_directory]
+
+
+def _prune_parquet_sets(
+    context: dg.AssetExecutionContext, store: Warehouse, connection_id: str, retention: Retention
+) -> dict[str, int]:
+    """After the publish: remove the connection's Parquet sets the retention keeps no longer (retention.py).
+
+    The sync is published by then: a set that cannot be removed is a warning for `dirsync prune`, not a failure.
+    """
+    try:
+        pruned = prune_connection(store.parquet_dir, connection_id, retention)
+    except OSError as exc:
+        context.log.warning(f"{connection_id}: old Parquet sets not pruned ({exc}); run `dirsync prune` once fixed")
+        return {}
+    if pruned.removed:
+        context.log.info(f"{connection_id}: pruned {len(pruned.removed)} Parquet set(s) "
+                         f"({pruned.freed_bytes / 1e6:.1f} MB); {len(pruned.kept)} kept")
+    return {"parquet.sets_kept": len(pruned.kept), "parquet.sets_pruned": len(pruned.removed)}

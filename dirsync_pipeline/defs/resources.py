@@ -4,6 +4,7 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -15,6 +16,7 @@ from dirsync_pipeline.google.auth import build_credentials
 from dirsync_pipeline.google.client import DirectoryClient
 from dirsync_pipeline.google.endpoint import ensure_reachable
 from dirsync_pipeline.google.retry import RateLimiter, RetryPolicy
+from dirsync_pipeline.warehouse.retention import Retention
 from dirsync_pipeline.warehouse.replay import materialized_in_run, restore_stage
 from dirsync_pipeline.warehouse.tables import TABLES_BY_ASSET_KEY
 from dirsync_pipeline.warehouse.store import Warehouse
@@ -40,9 +42,10 @@ class GoogleDirectoryResource(dg.ConfigurableResource):
     @contextmanager
     def client(self, connection: ConnectionConfig) -> Iterator[DirectoryClient]:
         """A client for ``connection``, stopped when the block ends: no request of it outlives the block."""
+        credentials = build_credentials(connection.credentials)  # a bad key is named first
         ensure_reachable(connection.api_endpoint)  # a misspelt endpoint fails now, not after the retries
         client = DirectoryClient(
-            build_credentials(connection.credentials),
+            credentials,
             customer=connection.customer,
             api_endpoint=self.endpoint(connection),
             subject=connection.credentials.subject,
@@ -89,6 +92,13 @@ class WarehouseResource(dg.ConfigurableResource):
 
     duckdb_path: str
     parquet_dir: str | None = None  # None: next to the DuckDB file
+    # The Parquet sets kept after each publish (warehouse/retention.py): warehouse.parquet_retention of the config.
+    parquet_keep_last: int
+    parquet_grace_minutes: float
+
+    @property
+    def parquet_retention(self) -> Retention:
+        return Retention(self.parquet_keep_last, timedelta(minutes=self.parquet_grace_minutes))
 
     @property
     def warehouse(self) -> Warehouse:
