@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from dirsync_pipeline.warehouse.tables import HISTORY_TABLES, SYNC_LOG, SYNC_TABLES, Column, Table
+from dirsync_pipeline.warehouse.publication import PublishFailedError
 from dirsync_pipeline.warehouse.store import Warehouse
 from tests.test_changes import entitlements, groups, memberships, users
 
@@ -75,8 +76,8 @@ def test_a_publish_whose_written_rows_break_the_contract_is_rolled_back(tmp_path
     for table in SYNC_TABLES:
         frame = staged.get(table.qualified_name, pl.DataFrame(schema={c.name: c.dtype for c in table.columns}))
         store.stage(table, "c1", frame)
-    with pytest.raises(ValueError, match=r"core.directory_changes: rows written by sync s1 break the contract: "
-                                         r"user_email: str_contains\('@'\) \(1 rows\)"):
+    with pytest.raises(PublishFailedError, match=r"core.directory_changes: rows written by sync s1 break the contract: "
+                                                 r"user_email: str_contains\('@'\) \(1 rows\)\): nothing was published"):
         store.publish("c1", "s1")
     with store.connect(read_only=True) as conn:
         for table in TABLES:
