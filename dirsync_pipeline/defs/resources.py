@@ -1,7 +1,7 @@
 """Dagster resources: where the directory comes from, and where the tables go."""
 
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -118,24 +118,32 @@ class WarehouseResource(dg.ConfigurableResource):
         return Warehouse(self.warehouse_dir, connection_id, self.parquet_dir)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        hold_for_run(self.of(run_connection(context)), context)
+        hold_for_run(self.of, context)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        self.of(run_connection(context)).release()
+        release_for_run(self.of, context)
 
 
-def run_connection(context: dg.InitResourceContext) -> str:
-    """The connection (partition) a run syncs: every dirsync run is one connection's."""
-    partition = context.dagster_run.tags.get(PARTITION_TAG) if context.dagster_run else None
+def run_connection(context: dg.InitResourceContext) -> str | None:
+    """The connection (partition) a run syncs: every dirsync run is one connection's (None: not in a run)."""
+    if context.dagster_run is None:
+        return None
+    partition = context.dagster_run.tags.get(PARTITION_TAG)
     if not partition:
         raise dg.Failure(description="a dirsync run syncs one connection: pick it as the partition "
                                      "(Materialize all, then select a partition)")
     return partition
 
 
-def hold_for_run(warehouse: Warehouse, context: dg.InitResourceContext) -> None:
+def hold_for_run(warehouse: Callable[[str], Warehouse], context: dg.InitResourceContext) -> None:
     """The run holds its connection's sync lock and one DuckDB connection until it ends (Warehouse.hold)."""
-    warehouse.hold(holder=f"run {context.run_id}", on_wait=context.log.warning)
+    if (connection_id := run_connection(context)) is not None:
+        warehouse(connection_id).hold(holder=f"run {context.run_id}", on_wait=context.log.warning)
+
+
+def release_for_run(warehouse: Callable[[str], Warehouse], context: dg.InitResourceContext) -> None:
+    if (connection_id := run_connection(context)) is not None:
+        warehouse(connection_id).release()
 
 
 @dataclass
@@ -182,11 +190,11 @@ class StagingIOManager(dg.ConfigurableIOManager):
         return Warehouse(self.warehouse_dir, connection_id, self.parquet_dir)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        hold_for_run(self.of(run_connection(context)), context)  # shares the run's connection with the warehouse
+        hold_for_run(self.of, context)  # shares the run's connection with the warehouse
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self._kept.clear()  # after a failed step, the steps that would have loaded its inputs never ran
-        self.of(run_connection(context)).release()
+        release_for_run(self.of, context)
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         table = TABLES_BY_ASSET_KEY[context.asset_key]

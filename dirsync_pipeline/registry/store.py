@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS connections (
   updated_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS connection_events (
-  at TEXT NOT NULL, connection_id TEXT NOT NULL, event TEXT NOT NULL, detail TEXT
+  occurred_at TEXT NOT NULL, connection_id TEXT NOT NULL, event TEXT NOT NULL, detail TEXT
 );
 CREATE TABLE IF NOT EXISTS removed_config_connections (id TEXT PRIMARY KEY, removed_at TEXT NOT NULL);
 """
@@ -152,7 +152,7 @@ class Registry:
 
     def events(self) -> list[dict]:
         with self._transaction(write=False) as conn:
-            return [dict(r) for r in conn.execute("SELECT * FROM connection_events ORDER BY at")]
+            return [dict(r) for r in conn.execute("SELECT * FROM connection_events ORDER BY occurred_at")]
 
     @staticmethod
     def _get(conn: sqlite3.Connection, connection_id: str) -> RegisteredConnection:
