@@ -71,8 +71,8 @@ def run_connections(
     if failed:
         print(f"dirsync: {what} failed for {failed}; the last published data is unchanged", file=sys.stderr)
     if partly:
-        print(f"dirsync: {what} of {partly} published to DuckDB but not to Parquet (see above); the next sync "
-              "repairs the Parquet manifest", file=sys.stderr)
+        print(f"dirsync: {what} of {partly} committed but not yet visible to readers (see above); the next sync "
+              "repairs the manifest", file=sys.stderr)
     return 1 if failed or partly else 0
 
 
