@@ -359,13 +359,16 @@ def published_directory(
                          "in one transaction")
         counts = store.publish(connection.id, sync_id=context.run.run_id)
         registry.record_published(connection.id, context.run.run_id, datetime.now(UTC))
+        serialised = registry.write_seconds
     tables = {name: n for name, n in counts.items() if name != DIRECTORY_CHANGES.name}
     context.log.info(f"{connection.id}: published {len(tables)} tables "
                      f"({', '.join(f'{name} {n}' for name, n in tables.items())}) "
                      f"and {counts[DIRECTORY_CHANGES.name]} change events")
     yield dg.MaterializeResult(
         metadata={f"published.{name}": n for name, n in counts.items()}
-        | {"sync_id": context.run.run_id, "mass_removal_override": overridden}
+        | {"sync_id": context.run.run_id, "mass_removal_override": overridden,
+           # the run's registry writes: the only part of a sync serialised with other organisations' syncs
+           "serialised_seconds": round(serialised, 4)}
         | _prune_parquet_sets(context, store, connection.id, warehouse.parquet_retention)
         | sync_report_metadata(context, store, connection.id)
     )

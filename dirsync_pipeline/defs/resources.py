@@ -13,7 +13,7 @@ import polars as pl
 from pydantic import PrivateAttr
 
 from dirsync_pipeline.config import ConnectionConfig, load_config
-from dirsync_pipeline.registry import RegisteredConnection, Registry, open_registry
+from dirsync_pipeline.registry import REGISTRY_FILE, RegisteredConnection, Registry
 from dirsync_pipeline.google.auth import build_credentials
 from dirsync_pipeline.google.client import DirectoryClient
 from dirsync_pipeline.google.endpoint import ensure_reachable
@@ -36,9 +36,15 @@ class ConnectionsResource(dg.ConfigurableResource):
     config_path: str | None = None  # None: $DIRSYNC_CONFIG, else the embedded demo default
     warehouse_dir: str  # the config's warehouse folder, resolved when the code location loaded
 
+    _registry: Registry | None = PrivateAttr(default=None)
+
     @property
     def registry(self) -> Registry:
-        return open_registry(load_config(self.config_path), Path(self.warehouse_dir))
+        """The registry, with the config file's connections registered as the file is now (a no-op when they are)."""
+        if self._registry is None:
+            self._registry = Registry(Path(self.warehouse_dir) / REGISTRY_FILE)
+        self._registry.register_config(load_config(self.config_path))
+        return self._registry
 
     def get(self, connection_id: str) -> RegisteredConnection:
         return self.registry.get(connection_id)

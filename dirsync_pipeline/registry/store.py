@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -99,6 +100,9 @@ def _settings(connection: ConnectionConfig) -> dict:
 class Registry:
     def __init__(self, path: Path):
         self.path = path
+        # Seconds this object spent in write transactions, waiting for the lock included: the one part of a
+        # sync that is serialised with other organisations' syncs (shown as sync metadata and in bench/).
+        self.write_seconds = 0.0
 
     @contextmanager
     def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
@@ -107,6 +111,7 @@ class Registry:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         # Reading a registry that does not exist yet reads an empty one, and creates no file.
         target = self.path if write or self.path.exists() else ":memory:"
+        started = time.perf_counter()
         conn = sqlite3.connect(target, timeout=LOCK_WAIT_SECONDS, isolation_level=None)
         conn.row_factory = sqlite3.Row
         try:
@@ -129,6 +134,8 @@ class Registry:
             raise
         finally:
             conn.close()
+            if write:
+                self.write_seconds += time.perf_counter() - started
 
     def _unusable(self, exc: Exception) -> RegistryError:
         return RegistryError(f"the connections registry {self.path} cannot be read ({exc}): restore it from a "
