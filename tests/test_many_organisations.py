@@ -9,7 +9,6 @@ takes an organisation out of the hourly schedule; remove purges its rows.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from datetime import UTC, datetime
@@ -19,12 +18,12 @@ import duckdb
 import pytest
 import yaml
 
+from bench.dagster_dev import graphql, running_dagster_dev, wait_for_location
 from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory
 from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.warehouse.tables import SYNC_LOG_COUNTED
 from tests.oracle import expected_entitlements
 from tests.test_cli import dirsync
-from tests.test_dagster_dev import graphql, running_dagster_dev, wait_for_location
 
 SELECTED = ["all-staff@{d}", "engineering@{d}", "admins@{d}"]
 MAPPING = {"engineering@{d}": ["developer"], "admins@{d}": ["admin", "developer"]}
