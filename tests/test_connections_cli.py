@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory
-from tests.test_cli import dirsync
+from dirsync_pipeline.emulator import DirectoryEmulator, FaultPlan, generate_directory
+from tests.test_cli import DIRSYNC, cli_env, dirsync
 
 ROLE_MAPPING = {"engineering@acme.test": "developer", "admins@acme.test": ["admin", "developer"]}
 
@@ -153,3 +156,27 @@ def test_query_errors_and_an_empty_warehouse(tmp_path):
     empty = dirsync("query", "SELECT count(*) AS n FROM core.role_mapped_entitlements", cwd=tmp_path / ".")
     assert empty.returncode == 0 and "(1 row)" in empty.stdout and "\n0" in empty.stdout, empty.stderr
     assert "Table with name nope does not exist" in one_line_error(dirsync("query", "SELECT * FROM nope", cwd=tmp_path))
+
+
+def test_two_syncs_of_one_organisation_started_together_run_one_after_the_other(tmp_path):
+    """The second `dirsync sync` of a connection waits for the first, and says which process it waits for."""
+    slow = DirectoryEmulator(generate_directory(users=300, groups=20, seed=4, domain="acme.test"),
+                             faults=FaultPlan(latency_ms=300))
+    with slow:
+        config = write(tmp_path / "dirsync.yaml", {"warehouse": {"path": str(tmp_path / "wh")},
+                                                   "connections": [organisation("acme", slow.url, max_concurrency=1)]})
+        command = ["sync", "--config", str(config), "--connection", "acme"]
+        first = subprocess.Popen([*DIRSYNC, *command], cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not slow.request_counts().get("users.list") and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first one holds the connection's lock once it calls Google
+        second = dirsync(*command, cwd=tmp_path)
+        first_out, first_err = first.communicate(timeout=180)
+    assert first.returncode == 0 and second.returncode == 0, (first_err[-2000:], second.stderr[-2000:])
+    assert re.search(rf"another sync of acme is running \(pid {first.pid}, run [0-9a-f-]+\); waiting for it to end",
+                     second.stderr), second.stderr[-3000:]
+    state = json.loads(dirsync("query", "--config", str(config), "--json",
+                               "SELECT sync_id, published_at FROM core.sync_log ORDER BY published_at",
+                               cwd=tmp_path).stdout)
+    assert len(state) == 2
