@@ -180,3 +180,20 @@ def test_two_syncs_of_one_organisation_started_together_run_one_after_the_other(
                                "SELECT sync_id, published_at FROM core.sync_log ORDER BY published_at",
                                cwd=tmp_path).stdout)
     assert len(state) == 2
+
+
+def test_a_warehouse_folder_that_cannot_hold_a_connection_names_the_cause(tmp_path, emulator):
+    (tmp_path / "wh").mkdir()
+    (tmp_path / "wh" / "connections").write_text("a file where the connections' folders go")
+    config = write(tmp_path / "dirsync.yaml", {"warehouse": {"path": str(tmp_path / "wh")},
+                                               "connections": [organisation("acme", emulator.url)]})
+    result = dirsync("sync", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 1
+    assert re.search(r"acme: the run failed before its first step: \[Errno 20\] Not a directory: '.*/wh/connections/acme'",
+                     result.stderr), result.stderr[-3000:]
+    unwritable = write(tmp_path / "elsewhere.yaml", {"warehouse": {"path": "/proc/dirsync"}, "connections": []})
+    listing = dirsync("connections", "--config", str(unwritable), "list", cwd=tmp_path)  # reading creates nothing
+    assert listing.returncode == 0 and "(no connection registered" in listing.stdout
+    message = one_line_error(dirsync("connections", "--config", str(unwritable), "add", "--file",
+                                     str(write(tmp_path / "x.yaml", organisation("x", emulator.url))), cwd=tmp_path))
+    assert "the connections registry cannot be created at /proc/dirsync/registry.sqlite" in message

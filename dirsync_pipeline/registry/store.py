@@ -107,12 +107,16 @@ class Registry:
     @contextmanager
     def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction; a writer takes the lock at BEGIN, so read-then-write is never interleaved."""
-        if write:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         # Reading a registry that does not exist yet reads an empty one, and creates no file.
         target = self.path if write or self.path.exists() else ":memory:"
         started = time.perf_counter()
-        conn = sqlite3.connect(target, timeout=LOCK_WAIT_SECONDS, isolation_level=None)
+        try:
+            if write:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(target, timeout=LOCK_WAIT_SECONDS, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise RegistryError(f"the connections registry cannot be created at {self.path} ({exc}): set "
+                                "warehouse.path to a folder this process can write") from None
         conn.row_factory = sqlite3.Row
         try:
             if write or target == ":memory:" or not _has_schema(conn):
