@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-import duckdb
 import yaml
 
 from bench.measure import Measured, run_measured
-from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.config import CONFIG_ENV_VAR
 from dirsync_pipeline.emulator.service import API_ENDPOINTS, STATS_PATH
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.warehouse.tables import (
     FILTERED_MEMBERSHIPS,
     GOOGLE_GROUP_MEMBERS,

@@ -10,8 +10,6 @@ leaves the work tree untouched.
 from __future__ import annotations
 
 import os
-
-from dirsync_pipeline.warehouse import reader
 import re
 import shutil
 import tempfile
@@ -22,6 +20,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from dirsync_pipeline.warehouse import reader
 from tests.test_dagster_dev import dagster_dev, graphql, wait_for_location  # noqa: F401 - dagster_dev is a fixture
 
 REPO = Path(__file__).resolve().parents[1]

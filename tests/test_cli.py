@@ -8,10 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
-
-from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory
+from dirsync_pipeline.warehouse import reader
 from tests.conftest import write_config
 
 DIRSYNC = [sys.executable, "-m", "dirsync_pipeline.cli"]

@@ -5,20 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 
-from dirsync_pipeline.warehouse import reader
+from dirsync_pipeline.config import load_config
+from dirsync_pipeline.definitions import build_definitions
 from dirsync_pipeline.defs.assets import SYNC_ASSETS
 from dirsync_pipeline.defs.checks import publish_gate_failures
-from dirsync_pipeline.definitions import build_definitions
-from dirsync_pipeline.emulator import DirectoryEmulator, FaultPlan, Member, ScriptedFault, generate_directory
 from dirsync_pipeline.defs.resources import StagingIOManager, loads_in_run
-from dirsync_pipeline.warehouse.tables import GOOGLE_GROUP_MEMBERS, GOOGLE_GROUPS, GOOGLE_USERS, SYNC_TABLES, TABLES_BY_ASSET_KEY
-from dirsync_pipeline.config import load_config
+from dirsync_pipeline.emulator import DirectoryEmulator, FaultPlan, Member, ScriptedFault, generate_directory
 from dirsync_pipeline.registry import open_registry
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.warehouse.store import Warehouse
-from tests.conftest import write_config, instance_with
+from dirsync_pipeline.warehouse.tables import (
+    GOOGLE_GROUP_MEMBERS,
+    GOOGLE_GROUPS,
+    GOOGLE_USERS,
+    SYNC_TABLES,
+    TABLES_BY_ASSET_KEY,
+)
+from tests.conftest import instance_with, write_config
 from tests.oracle import expected_entitlements, expected_memberships
 
 SELECTED = ["all-staff@acme.test", "engineering@acme.test", "admins@acme.test", "everyone-nested@acme.test"]

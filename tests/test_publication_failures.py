@@ -16,13 +16,12 @@ import dagster as dg
 import duckdb
 import pytest
 
-from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.cli.sync import failure_messages, partly_published
 from dirsync_pipeline.definitions import build_definitions
-from dirsync_pipeline.emulator import DirectoryEmulator
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.warehouse.outputs import current_manifest
 from dirsync_pipeline.warehouse.store import Warehouse
-from tests.conftest import write_config, instance_with
+from tests.conftest import instance_with, write_config
 from tests.published_state import published_state
 
 REAL_CONNECT = duckdb.connect

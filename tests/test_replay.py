@@ -6,16 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 
-from dirsync_pipeline.warehouse import reader
-from dirsync_pipeline.warehouse.store import Warehouse
 from dirsync_pipeline.cli import main
 from dirsync_pipeline.cli.sync import failure_messages, mass_removal_override
 from dirsync_pipeline.definitions import build_definitions
 from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory
+from dirsync_pipeline.warehouse import reader
+from dirsync_pipeline.warehouse.store import Warehouse
 from dirsync_pipeline.warehouse.tables import GOOGLE_ASSET_KEYS, SYNC_TABLES
-from tests.conftest import write_config, instance_with
+from tests.conftest import instance_with, write_config
 from tests.oracle import expected_entitlements
 from tests.test_pipeline import MAPPING, SELECTED, connection, published, run_sync
 

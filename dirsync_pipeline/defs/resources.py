@@ -2,10 +2,10 @@
 
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -13,15 +13,15 @@ import polars as pl
 from pydantic import PrivateAttr
 
 from dirsync_pipeline.config import ConnectionConfig, load_config
-from dirsync_pipeline.registry import REGISTRY_FILE, RegisteredConnection, Registry
 from dirsync_pipeline.google.auth import build_credentials
 from dirsync_pipeline.google.client import DirectoryClient
 from dirsync_pipeline.google.endpoint import ensure_reachable
 from dirsync_pipeline.google.retry import RateLimiter, RetryPolicy
-from dirsync_pipeline.warehouse.retention import Retention
+from dirsync_pipeline.registry import REGISTRY_FILE, RegisteredConnection, Registry
 from dirsync_pipeline.warehouse.replay import materialized_in_run, restore_stage
-from dirsync_pipeline.warehouse.tables import TABLES_BY_ASSET_KEY
+from dirsync_pipeline.warehouse.retention import Retention
 from dirsync_pipeline.warehouse.store import Warehouse
+from dirsync_pipeline.warehouse.tables import TABLES_BY_ASSET_KEY
 
 PARTITION_TAG = "dagster/partition"  # how a run names its partition (the connection)
 
