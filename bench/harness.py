@@ -53,9 +53,12 @@ def clean_env() -> dict[str, str]:
 class EmulatorProcess:
     """`dirsync emulator` on a free port, with latency and rate limit; its counters over HTTP."""
 
-    def __init__(self, users: int, groups: int, *, seed: int, latency_ms: float, rate_limit_qps: float | None):
+    def __init__(self, users: int, groups: int, *, seed: int, latency_ms: float, rate_limit_qps: float | None,
+                 latency_max_ms: float | None = None):
         args = ["emulator", "--users", str(users), "--groups", str(groups), "--seed", str(seed), "--port", "0",
                 "--latency-ms", str(latency_ms)]
+        if latency_max_ms is not None:
+            args += ["--latency-max-ms", str(latency_max_ms)]
         if rate_limit_qps is not None:
             args += ["--rate-limit-qps", str(rate_limit_qps)]
         self._argv = dirsync_command(*args)
@@ -155,15 +158,16 @@ class SyncRun:
         return self.faults.get("429", 0)
 
 
-def write_config(workdir: Path, emulator: EmulatorProcess, *, max_concurrency: int, batch_size: int,
-                 rate_limit_qps: float | None, role_mapping: dict[str, list[str]], default_role: str) -> Path:
+def write_config(workdir: Path, emulator: EmulatorProcess, *, role_mapping: dict[str, list[str]], default_role: str,
+                 **settings: object) -> Path:
+    """A config of one connection to ``emulator``; ``settings`` (max_concurrency, rate_limit_qps...) left out
+    are dirsync's defaults."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = {
         "warehouse": {"duckdb_path": str(workdir / "dirsync.duckdb")},
         "connections": [{
             "id": CONNECTION_ID, "api_endpoint": emulator.url, "credentials": {"type": "none"},
-            "selected_groups": "all", "role_mapping": role_mapping, "default_role": default_role,
-            "max_concurrency": max_concurrency, "batch_size": batch_size, "rate_limit_qps": rate_limit_qps,
+            "selected_groups": "all", "role_mapping": role_mapping, "default_role": default_role, **settings,
         }],
     }
     path = workdir / "dirsync.yaml"

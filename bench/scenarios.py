@@ -287,12 +287,20 @@ SCENARIOS: dict[str, Callable[[Sizes, Path], Outcome]] = {
 }
 
 
+def all_scenarios() -> dict[str, Callable[[Sizes, Path], Outcome]]:
+    """Issue 5's scenarios, then issue 14's (bench/quota.py, built on this module's pieces)."""
+    from bench.quota import QUOTA_SCENARIOS
+
+    return {**SCENARIOS, **QUOTA_SCENARIOS}
+
+
 def run_scenarios(names: list[str], sizes: Sizes, workdir: Path | None = None) -> Outcome:
     """Run the named scenarios one after another (never concurrently: they would share 2 cores)."""
     outcome = Outcome([], [])
+    scenarios = all_scenarios()
     with tempfile.TemporaryDirectory(prefix="dirsync-bench-") as scratch:
         for name in names:
-            result = SCENARIOS[name](sizes, workdir or Path(scratch))
+            result = scenarios[name](sizes, workdir or Path(scratch))
             outcome.figures += result.figures
             outcome.targets += result.targets
             outcome.details += result.details
