@@ -418,7 +418,7 @@ class DirectoryClient:
         """Yield each page's items, until the page without a token; the chain is proven to end (PageChain)."""
         chain = PageChain(endpoint, self._max_pages[endpoint])
         while request is not None:
-            response = self._execute(request, endpoint)
+            response = self._execute(request, endpoint, ahead=True)
             items = self._page_items(response, endpoint, items_key)
             chain = chain.after(response, items)
             yield items
@@ -441,7 +441,7 @@ class DirectoryClient:
             raise MalformedResponseError(f"{endpoint}: `{items_key}` is {type(items).__name__}, not a list")
         return items
 
-    def _execute(self, request, endpoint: str, *, group: str | None = None) -> object:
+    def _execute(self, request, endpoint: str, *, group: str | None = None, ahead: bool = False) -> object:
         what = f"{endpoint} of group {group}" if group else f"{endpoint} (customer {self._customer})"
 
         def send() -> object:
@@ -450,7 +450,7 @@ class DirectoryClient:
 
         with self._explained_errors(what):
             return call_with_retry(send, endpoint=endpoint, policy=self._retry_policy, limiter=self._rate_limiter,
-                                   stats=self.stats, sleep=self._wait_unless_stopped)
+                                   stats=self.stats, sleep=self._wait_unless_stopped, ahead=ahead)
 
     def _raise_if_stopping(self) -> None:
         if self._stopping.is_set():

@@ -122,26 +122,36 @@ class RateLimiter:
         self._sleep = sleep
         self._next_slot = clock()
         self._paused_until = self._next_slot  # no call leaves before: the longest Retry-After asked so far
+        self._ahead_slot = self._next_slot  # the next slot of a page chain's call (see acquire)
         self._slowed_at = self._next_slot  # when the last decrease's pace began (after its pause)
         self._slowed_to = qps  # the pace the last refusal set
         self._decreases = 0
         self._generation = 0  # counts the refusals that voided the slots given so far
         self._lock = threading.Lock()
 
-    def acquire(self, calls: int = 1) -> Slot:
+    def acquire(self, calls: int = 1, *, ahead: bool = False) -> Slot:
         """Wait for the slots of ``calls`` API calls (a batch takes one per part).
 
-        A worker whose slot was given before a refusal takes a new one when it wakes: slots given at the old
-        pace (up to ``max_concurrency`` batches ahead) would otherwise all go out into an exhausted quota."""
+        ``ahead``: a page of a chain (each page needs the previous one's token: the sync's longest path) takes
+        the first free slot instead of queuing behind the slots the workers took, up to ``max_concurrency``
+        batches ahead; the slots given after it move back by its share, so the pace holds. A worker whose slot
+        was given before a refusal takes a new one when it wakes: slots given at the old pace would otherwise
+        all go out into an exhausted quota."""
         started = self._clock()
         if not self.qps:
             return Slot(started, 0.0)
         while True:
             with self._lock:
                 now, generation, pace = self._clock(), self._generation, self._decreases
-                first = max(now, self._next_slot)
-                self._next_slot = first + calls / self.qps
-                slot = first + (calls - 1) / self.qps
+                share = calls / self.qps
+                if ahead:
+                    first = max(now, self._paused_until, self._ahead_slot)
+                    self._ahead_slot = first + share
+                    self._next_slot = max(self._next_slot, now) + share
+                else:
+                    first = max(now, self._next_slot)
+                    self._next_slot = first + share
+                slot = first + share - 1 / self.qps
             if slot > now:
                 self._sleep(slot - now)
             if self._generation == generation:
@@ -219,19 +229,21 @@ def call_with_retry(
     rng: random.Random | None = None,
     calls: Callable[[], int] = lambda: 1,
     sleep: Callable[[float], None] = time.sleep,
+    ahead: bool = False,
 ) -> T:
     """Run ``call`` under the policy; non-retryable errors propagate unchanged for the caller to explain.
 
     ``calls`` says how many API calls the next attempt sends: a batch re-sends only its parts still
     unanswered, and each part counts against the quota, the limiter and the statistics. ``sleep`` waits
     between attempts (the client's own raises once the sync is stopped, so a retry wait never delays a stop).
+    ``ahead``: a page of a chain, paced ahead of the workers' calls (RateLimiter.acquire).
     """
     rng = rng or _JITTER
     # The attempts of this one call: a sync runs many calls, so name when they began, not only how long.
     started, first_attempt_at = time.monotonic(), datetime.now(UTC)
     for attempt in range(policy.max_attempts):
         sending = calls()
-        slot = limiter.acquire(sending)
+        slot = limiter.acquire(sending, ahead=ahead)
         stats.add_wait(slot.waited)
         stats.count_request(endpoint, sending)
         try:
