@@ -63,6 +63,18 @@ def test_calls_are_spaced_evenly_and_a_burst_of_refusals_halves_the_pace_once():
     assert limiter.qps == 10
 
 
+def test_a_page_chains_call_goes_ahead_of_the_workers_batches_and_the_pace_holds():
+    clock = FakeClock()
+    limiter = RateLimiter(40, clock=lambda: clock.now, sleep=lambda seconds: None)  # workers asleep: time stands
+    start = clock.now
+    queued = [limiter.acquire(10) for _ in range(4)]  # four workers' batches: a second of slots reserved
+    page = limiter.acquire(ahead=True)
+    assert page.at == start  # the users.list page leaves now, not behind the second of batches
+    later = limiter.acquire(10)
+    assert later.at == queued[-1].at + 11 / 40  # the next batch moved back by the page's slot: 40/s still
+    assert limiter.acquire(ahead=True).at == start + 1 / 40  # chain calls are paced among themselves too
+
+
 def test_retry_after_holds_every_worker_even_one_already_waiting_for_its_slot():
     clock = FakeClock()
     limiter = RateLimiter(10, clock=lambda: clock.now, sleep=clock.sleep)
