@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+from dirsync_pipeline.warehouse import reader
 import os
 import shutil
 import signal
@@ -106,8 +108,19 @@ def test_ui_shows_graph_checks_schedule_and_job(dagster_dev):
     assert keys["core/role_mapped_entitlements"]["hasAssetChecks"]
 
 
+def wait_for_partition(url: str, partition: str) -> None:
+    """Until the connections sensor has made ``partition`` a partition (its first tick after the daemon starts)."""
+    query = """{ assetNodes(assetKeys: [{path: ["published_directory"]}]) { partitionKeys } }"""
+    deadline = time.monotonic() + 90
+    while partition not in graphql(url, query)["assetNodes"][0]["partitionKeys"]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the connections sensor never added the partition {partition}")
+        time.sleep(1)
+
+
 def launch_sync_now(url: str, *, materialize_all: bool = False, partition: str = "demo") -> dict:
     """Sync Now for the demo connection: the directory_sync job, or the asset graph's "Materialize all"."""
+    wait_for_partition(url, partition)
     selector = {"repositoryLocationName": "dirsync_pipeline", "repositoryName": "__repository__", "jobName": "directory_sync"}
     if materialize_all:
         nodes = graphql(url, "{ assetNodes { assetKey { path } } }")["assetNodes"]
@@ -139,12 +152,12 @@ def test_sync_now_from_the_ui_runs_through_the_queue_and_publishes(dagster_dev):
     assert {t["key"]: t["value"] for t in run["tags"]}["dirsync/trigger"] == "manual"
     [finished] = wait_for_runs(url, [run["runId"]], home)
     assert finished["status"] == "SUCCESS", (home / "dagster.log").read_text()[-3000:]
-    with duckdb.connect(str(home / "data" / "dirsync.duckdb"), read_only=True) as conn:
+    with reader.connect(home / "data") as conn:
         assert (run["runId"],) in conn.execute("SELECT sync_id FROM core.sync_log").fetchall()
 
 
 def test_two_syncs_of_one_connection_never_write_at_once(dagster_dev):
-    """Sync Now + "Materialize all" at once: the second run waits in Dagster's run queue (the warehouse pool)."""
+    """Sync Now + "Materialize all" at once: the second run waits in Dagster's run queue (one run per partition)."""
     url, home = dagster_dev
     wait_for_location(url)
     first, second = launch_sync_now(url), launch_sync_now(url, materialize_all=True)
