@@ -114,6 +114,7 @@ class ApiWindow:
 
     emulator: EmulatorProcess
     baseline: int
+    started: float = field(default_factory=time.monotonic)  # created as the measured process starts
     first_seen: float | None = None
     last_change: float | None = None
     _last_count: int = 0
@@ -129,6 +130,11 @@ class ApiWindow:
             self.first_seen = now
         if count != self._last_count:
             self._last_count, self.last_change = count, now
+
+    @property
+    def before_first(self) -> float | None:
+        """From the process's start to its first request: Python, Dagster and the step's set-up."""
+        return None if self.first_seen is None else self.first_seen - self.started
 
     @property
     def seconds(self) -> float | None:
@@ -149,6 +155,7 @@ class SyncRun:
     faults: dict[str, int]  # injected by the emulator during this run, e.g. {"429": 3}
     api_seconds: float | None
     published: dict[str, int]  # rows per published table
+    before_first_request: float | None = None
 
     @property
     def total_requests(self) -> int:
@@ -186,7 +193,8 @@ def run_sync(config_path: Path, emulator: EmulatorProcess, *, timeout_seconds: f
     requests = {e: after["requests"].get(e, 0) - before["requests"].get(e, 0) for e in API_ENDPOINTS}
     faults = {k: n - before["faults"].get(k, 0) for k, n in after["faults"].items() if n - before["faults"].get(k, 0)}
     published = published_counts(config_path.parent) if measured.ok else {}
-    return SyncRun(measured, {e: n for e, n in requests.items() if n}, faults, window.seconds, published)
+    return SyncRun(measured, {e: n for e, n in requests.items() if n}, faults, window.seconds, published,
+                   window.before_first)
 
 
 def published_counts(warehouse_dir: Path) -> dict[str, int]:

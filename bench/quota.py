@@ -68,14 +68,15 @@ def _peer(workdir: Path, emulator: EmulatorProcess, timeout_seconds: float) -> S
     faults = {k: n - before["faults"].get(k, 0) for k, n in after["faults"].items() if n - before["faults"].get(k, 0)}
     return SyncRun(peer.measured, requests, faults, window.seconds, {
         "google_users": peer.records.get("users", 0), "google_groups": peer.records.get("groups", 0),
-        "google_group_members": peer.records.get("group_members", 0)})
+        "google_group_members": peer.records.get("group_members", 0)}, window.before_first)
 
 
 def _peer_figures(scenario: str, run: SyncRun, truth: Truth) -> Figures:
     m = run.measured
     expected = {k: truth.rows[k] for k in ("google_users", "google_groups", "google_group_members")}
     return Figures(scenario, PEER_LABEL, m.wall_seconds, m.cpu_seconds, m.peak_rss_bytes, run.api_seconds,
-                   run.total_requests, truth.min_requests, run.rate_limited, m.ok and run.published == expected)
+                   run.total_requests, truth.min_requests, run.rate_limited, m.ok and run.published == expected,
+                   run.before_first_request)
 
 
 def _peer_target(scenario: str, run: SyncRun, truth: Truth, small: bool) -> Target:

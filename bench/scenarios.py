@@ -97,6 +97,7 @@ class Figures:
     min_requests: int | None = None
     rate_limited: int | None = None
     correct: bool | None = None
+    before_first_request: float | None = None
 
 
 @dataclass
@@ -138,7 +139,8 @@ def _judge(scenario: str, name: str, measured: str, passed: bool, *, timing: boo
 def _sync_figures(scenario: str, label: str, run: SyncRun, truth: Truth) -> Figures:
     m = run.measured
     return Figures(scenario, label, m.wall_seconds, m.cpu_seconds, m.peak_rss_bytes, run.api_seconds,
-                   run.total_requests, truth.min_requests, run.rate_limited, m.ok and run.published == truth.rows)
+                   run.total_requests, truth.min_requests, run.rate_limited, m.ok and run.published == truth.rows,
+                   run.before_first_request)
 
 
 def _sync_targets(scenario: str, label: str, run: SyncRun, truth: Truth, small: bool) -> list[Target]:
