@@ -92,6 +92,22 @@ def test_retry_after_holds_every_worker_even_one_already_waiting_for_its_slot():
     assert limiter.qps == 5
 
 
+def test_past_the_refused_pace_it_climbs_on_to_the_ceiling_in_seconds():
+    clock = FakeClock()
+    limiter = RateLimiter(100, clock=lambda: clock.now, sleep=clock.sleep)
+    limiter.throttled(limiter.acquire())
+    limiter.throttled(limiter.acquire())  # refused at 100, then at 50: a quota shared with a tool, now finished
+    assert (limiter.qps, limiter.refused_qps) == (25, 50)
+    refused_at = clock.now
+    paces = {}
+    for seconds in (65, 66, 67.5, 70):
+        clock.now = refused_at + seconds
+        limiter.succeeded()
+        paces[seconds] = round(limiter.qps, 6)
+    assert paces == {65: 50, 66: 70, 67.5: 100, 70: 100}
+    assert limiter.refused_qps is None
+
+
 def test_the_pace_comes_back_over_a_minute_and_then_forgets_the_refusal():
     clock = FakeClock()
     limiter = RateLimiter(40, clock=lambda: clock.now, sleep=clock.sleep)

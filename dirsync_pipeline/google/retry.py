@@ -102,7 +102,7 @@ class RateLimiter:
     - Successes win the pace back over time, since quotas are rates over time: within ``RECOVER_SECONDS`` up
       to ``RECOVER_SHARE`` of the refused pace, then over ``PROBE_SECONDS`` (Google meters per minute) up to
       it, so that finding the quota again costs one burst of refusals a minute at most. A pace that reaches
-      the refused one unrefused forgets it, and climbs back to ``max_qps``, never above.
+      the refused one unrefused climbs on to ``max_qps`` (never above), and there forgets the refusal.
     """
 
     DECREASE = 0.5
@@ -187,11 +187,12 @@ class RateLimiter:
                 qps = slowed_to + (recovered - slowed_to) * since / self.RECOVER_SECONDS
             else:
                 qps = recovered + (refused - recovered) * (since - self.RECOVER_SECONDS) / self.PROBE_SECONDS
-            if qps >= refused:  # the refused pace holds now: forget it, climb on to the ceiling as fast as we came
-                self.refused_qps = None
+            if qps >= refused:  # the refused pace holds now: climb on to the ceiling as fast as we came
                 probed = self.RECOVER_SECONDS + self.PROBE_SECONDS
                 qps = refused + self.max_qps * (since - probed) / self.RECOVER_SECONDS
             self.qps = min(self.max_qps, max(self.qps, qps))
+            if self.qps >= self.max_qps:
+                self.refused_qps = None
 
 
 def retry_cause(exc: BaseException) -> str | None:
