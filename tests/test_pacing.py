@@ -46,7 +46,7 @@ def default_connection(tmp_path: Path, *emulators: DirectoryEmulator) -> tuple[G
     """The resource `dirsync sync` uses, for connections that set nothing but their endpoint."""
     config = write_config(tmp_path, [{"id": f"org{i}", "api_endpoint": e.url, "selected_groups": "all"}
                                      for i, e in enumerate(emulators)])
-    return GoogleDirectoryResource(config_path=str(config)), load_config(config).connections
+    return GoogleDirectoryResource(), load_config(config).connections
 
 
 # -- the limiter alone, on a clock that moves only when it sleeps --------------------------------------------
