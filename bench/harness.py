@@ -23,6 +23,7 @@ import duckdb
 import yaml
 
 from bench.measure import Measured, run_measured
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.config import CONFIG_ENV_VAR
 from dirsync_pipeline.emulator.service import API_ENDPOINTS, STATS_PATH
 from dirsync_pipeline.warehouse.tables import (
@@ -159,7 +160,7 @@ def write_config(workdir: Path, emulator: EmulatorProcess, *, max_concurrency: i
                  rate_limit_qps: float | None, role_mapping: dict[str, list[str]], default_role: str) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     config = {
-        "warehouse": {"duckdb_path": str(workdir / "dirsync.duckdb")},
+        "warehouse": {"path": str(workdir)},
         "connections": [{
             "id": CONNECTION_ID, "api_endpoint": emulator.url, "credentials": {"type": "none"},
             "selected_groups": "all", "role_mapping": role_mapping, "default_role": default_role,
@@ -185,7 +186,7 @@ def run_sync(config_path: Path, emulator: EmulatorProcess, *, timeout_seconds: f
 
 
 def published_counts(duckdb_path: Path) -> dict[str, int]:
-    with duckdb.connect(str(duckdb_path), read_only=True) as conn:
+    with reader.connect(duckdb_path) as conn:
         return {
             table.name: conn.execute(f"SELECT count(*) FROM {table.qualified_name} WHERE connection_id = ?",
                                      [CONNECTION_ID]).fetchone()[0]

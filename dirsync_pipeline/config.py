@@ -37,23 +37,39 @@ class ParquetRetentionConfig(_Strict):
 
 
 class WarehouseConfig(_Strict):
-    duckdb_path: Path = Path("data/dirsync.duckdb")
+    """The warehouse folder: the connections registry, one DuckDB file per connection, the published copies
+    readers attach, and the Parquet outputs (README "Layout of the warehouse folder")."""
+
+    path: Path = Path("data")
     # Parquet outputs for consumers, which are also the per-sync snapshots replay reads.
-    parquet_dir: Path | None = None  # default: a `parquet` folder next to duckdb_path
+    parquet_dir: Path | None = None  # default: <path>/parquet
     parquet_retention: ParquetRetentionConfig = ParquetRetentionConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_single_file(cls, raw: object) -> object:
+        if isinstance(raw, dict) and "duckdb_path" in raw:
+            raise ValueError("`duckdb_path` was replaced by `path`, the warehouse folder (each connection has its "
+                             "own DuckDB file in it since 0.2): write `path: <folder>`")
+        return raw
 
     @property
     def parquet_path(self) -> Path:
-        return self.parquet_dir or default_parquet_dir(self.duckdb_path)
+        return self.parquet_dir or default_parquet_dir(self.path)
 
 
-def default_parquet_dir(duckdb_path: Path) -> Path:
-    return duckdb_path.parent / "parquet"
+def default_parquet_dir(warehouse_dir: Path) -> Path:
+    return warehouse_dir / "parquet"
 
 
 class CredentialsConfig(_Strict):
+    """How a connection authenticates. Keys are referenced, never copied: ``file`` is a path to the JSON key,
+    ``env`` the name of an environment variable holding it (a Kubernetes secret, say); the registry and the
+    config keep only the reference."""
+
     type: Literal["service_account", "authorized_user", "adc", "none"] = "none"
     file: Path | None = None
+    env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     subject: str | None = None
 
     @field_validator("subject")
@@ -65,11 +81,12 @@ class CredentialsConfig(_Strict):
 
     @model_validator(mode="after")
     def _file_matches_type(self) -> CredentialsConfig:
-        needs_file = self.type in ("service_account", "authorized_user")
-        if needs_file and self.file is None:
-            raise ValueError(f"credentials.type {self.type} needs `file:` (path of the {self.type} JSON key)")
-        if not needs_file and self.file is not None:
-            raise ValueError(f"credentials.type {self.type} takes no `file:`; remove it or change the type")
+        needs_key = self.type in ("service_account", "authorized_user")
+        if needs_key and (self.file is None) == (self.env is None):
+            raise ValueError(f"credentials.type {self.type} needs one of `file:` (path of the {self.type} JSON key) "
+                             "or `env:` (an environment variable holding that JSON)")
+        if not needs_key and (self.file is not None or self.env is not None):
+            raise ValueError(f"credentials.type {self.type} takes no `file:` or `env:`; remove it or change the type")
         # An authorized_user token may not exist yet: `dirsync authorize` creates it.
         awaiting_consent = self.type == "authorized_user" and self.file is not None and not self.file.exists()
         if self.file is not None and not self.file.is_file() and not awaiting_consent:
@@ -176,7 +193,9 @@ class ConnectionConfig(_Strict):
 
 class DirsyncConfig(_Strict):
     warehouse: WarehouseConfig = WarehouseConfig()
-    connections: list[ConnectionConfig] = Field(min_length=1)
+    # Registered in the warehouse's registry when the config is loaded; more are added at run time with
+    # `dirsync connections add` (a deployment's config may list none).
+    connections: list[ConnectionConfig] = []
 
     @model_validator(mode="after")
     def _unique_ids(self) -> DirsyncConfig:
@@ -204,7 +223,7 @@ def _as_list(value: str | list[str]) -> list[str]:
 DEMO_DOMAIN = "demo.example.com"
 
 EMBEDDED_DEFAULT: dict = {
-    "warehouse": {"duckdb_path": "data/dirsync.duckdb"},
+    "warehouse": {"path": "data"},
     "connections": [
         {
             "id": "demo",
@@ -231,7 +250,7 @@ EMBEDDED_DEFAULT: dict = {
 def load_config(path: str | Path | None = None) -> DirsyncConfig:
     """Load ``path``, else ``$DIRSYNC_CONFIG``, else the embedded default.
 
-    Relative paths inside a config file (duckdb_path, credentials.file) are taken relative to the
+    Relative paths inside a config file (warehouse.path, credentials.file) are taken relative to the
     file's own folder, so a config works from any working directory.
     """
     path = path or os.environ.get(CONFIG_ENV_VAR)
@@ -240,23 +259,50 @@ def load_config(path: str | Path | None = None) -> DirsyncConfig:
     config_path = Path(path)
     if not config_path.is_file():
         raise ConfigError(f"config file {config_path} not found; pass --config PATH or set {CONFIG_ENV_VAR}")
-    try:
-        raw = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{config_path}: not valid YAML{where}; fix the syntax") from None
+    raw = _read_yaml(config_path)
     return parse_config(_resolve_relative_paths(raw, config_path.parent), source=str(config_path))
 
 
 def parse_config(raw: object, *, source: str) -> DirsyncConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with `warehouse:` and `connections:` keys")
+    return _validated(DirsyncConfig, raw, f"{source} is not a valid dirsync config")
+
+
+def load_connection_file(path: str | Path, *, default_id: str | None = None) -> ConnectionConfig:
+    """One connection from a YAML or JSON file (a config file's ``connections:`` entry), validated as a config
+    is; a relative ``credentials.file`` is taken relative to the file's folder."""
+    raw = _read_yaml(Path(path))
+    if not isinstance(raw, dict) or "connections" in raw:
+        raise ConfigError(f"{path}: expected one connection (a mapping with `id:`, `selected_groups:`, ...), "
+                          "as one entry of a config file's `connections:` list")
+    if default_id is not None:
+        raw.setdefault("id", default_id)
+    _resolve_credentials_path(raw, Path(path).parent)
+    return parse_connection(raw, source=str(path))
+
+
+def parse_connection(raw: dict, *, source: str) -> ConnectionConfig:
+    return _validated(ConnectionConfig, raw, f"{source} is not a valid connection")
+
+
+def _validated(model: type[BaseModel], raw: dict, what: str):
     try:
-        return DirsyncConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         problems = "\n".join(f"  - {_key_path(err['loc'])}: {_describe(err)}" for err in exc.errors())
-        raise ConfigError(f"{source} is not a valid dirsync config:\n{problems}") from None
+        raise ConfigError(f"{what}:\n{problems}") from None
+
+
+def _read_yaml(path: Path) -> object:
+    if not path.is_file():
+        raise ConfigError(f"file {path} not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML or JSON{where}; fix the syntax") from None
 
 
 def _key_path(loc: tuple) -> str:
@@ -284,11 +330,15 @@ def _resolve_relative_paths(raw: object, base: Path) -> object:
     if not isinstance(raw, dict):
         return raw
     warehouse = raw.get("warehouse")
-    for key in ("duckdb_path", "parquet_dir"):
+    for key in ("path", "parquet_dir"):
         if isinstance(warehouse, dict) and isinstance(warehouse.get(key), str):
             warehouse[key] = str(base / warehouse[key])
     for connection in raw.get("connections") or []:
-        credentials = connection.get("credentials") if isinstance(connection, dict) else None
-        if isinstance(credentials, dict) and isinstance(credentials.get("file"), str):
-            credentials["file"] = str(base / credentials["file"])
+        _resolve_credentials_path(connection, base)
     return raw
+
+
+def _resolve_credentials_path(connection: object, base: Path) -> None:
+    credentials = connection.get("credentials") if isinstance(connection, dict) else None
+    if isinstance(credentials, dict) and isinstance(credentials.get("file"), str):
+        credentials["file"] = str((base / credentials["file"]).resolve())

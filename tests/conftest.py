@@ -6,8 +6,11 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
+
+from dirsync_pipeline.defs.partitions import CONNECTIONS
 
 from dirsync_pipeline.emulator import Directory, DirectoryEmulator, generate_directory
 
@@ -45,7 +48,14 @@ def write_service_account_key(path: Path, token_uri: str) -> Path:
     return path
 
 
+def instance_with(*connection_ids: str) -> dg.DagsterInstance:
+    """An ephemeral Dagster instance that knows the connections as partitions, as the sensor makes them."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(CONNECTIONS.name, list(connection_ids))
+    return instance
+
+
 def write_config(tmp_path: Path, connections: list[dict], name: str = "dirsync.yaml") -> Path:
     path = tmp_path / name
-    path.write_text(yaml.safe_dump({"warehouse": {"duckdb_path": str(tmp_path / "dirsync.duckdb")}, "connections": connections}))
+    path.write_text(yaml.safe_dump({"warehouse": {"path": str(tmp_path)}, "connections": connections}))
     return path

@@ -8,20 +8,19 @@ from pathlib import Path
 
 import duckdb
 
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.warehouse.outputs import MANIFEST
 
 
-def published_state(db: Path, parquet_dir: Path | None = None) -> dict[str, object]:
-    """Every row of every published schema (raw, core, history: all but staging) in a stable order, and the
-    bytes of each connection's manifest and of the files it names: equal states are byte-identical reads."""
-    parquet_dir = parquet_dir or db.parent / "parquet"
+def published_state(warehouse_dir: Path, parquet_dir: Path | None = None) -> dict[str, object]:
+    """Every row a reader sees (raw.*, core.*: the published tables, history and change events) in a stable
+    order, and the bytes of each connection's manifest and of the files it names: equal states are
+    byte-identical reads. The registry's own tables (status, last error) are not the published data."""
+    parquet_dir = parquet_dir or warehouse_dir / "parquet"
     state: dict[str, object] = {}
-    if db.exists():
-        with duckdb.connect(str(db), read_only=True) as conn:
-            tables = conn.execute("SELECT schema_name, table_name FROM duckdb_tables() WHERE schema_name <> 'staging' "
-                                  "ORDER BY ALL").fetchall()
-            for schema, table in tables:
-                state[f"{schema}.{table}"] = conn.execute(f"SELECT * FROM {schema}.{table} ORDER BY ALL").fetchall()
+    with reader.connect(warehouse_dir, parquet_dir) as conn:
+        for table in reader.PUBLISHED_TABLES:
+            state[table.qualified_name] = conn.execute(f"SELECT * FROM {table.qualified_name} ORDER BY ALL").fetchall()
     for manifest in sorted(parquet_dir.glob(f"connection_id=*/{MANIFEST}")):
         state[str(manifest.relative_to(parquet_dir))] = manifest.read_bytes()
         for entry in json.loads(manifest.read_text())["files"].values():

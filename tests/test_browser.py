@@ -10,6 +10,8 @@ leaves the work tree untouched.
 from __future__ import annotations
 
 import os
+
+from dirsync_pipeline.warehouse import reader
 import re
 import shutil
 import tempfile
@@ -122,7 +124,7 @@ def test_sync_now_from_the_dagster_ui_and_read_the_entitlements(ui, page):
     shoot(page, "run-success")
 
     # 4. The entitlements asset: row count as published, freshness evaluated, checks passed.
-    entitlements = published_count(home / "data" / "dirsync.duckdb", "core.role_mapped_entitlements")
+    entitlements = published_count(home / "data", "core.role_mapped_entitlements")
     assert entitlements > 0
     verdict = freshness_verdict(url, ["core", "role_mapped_entitlements"])
     assert verdict == "HEALTHY", f"freshness verdict {verdict}; dagster dev said:\n{daemon_log(home)}"
@@ -166,7 +168,7 @@ def published_count(database: Path, table: str) -> int:
     deadline = time.monotonic() + 60
     while True:
         try:
-            with duckdb.connect(str(database), read_only=True) as conn:
+            with reader.connect(database) as conn:
                 return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         except duckdb.IOException:
             if time.monotonic() > deadline:

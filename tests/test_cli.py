@@ -10,6 +10,7 @@ from pathlib import Path
 
 import duckdb
 
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory
 from tests.conftest import write_config
 
@@ -26,7 +27,7 @@ def test_demo_publishes_the_embedded_default_and_prints_a_summary(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "raw.google_users                     2000 rows" in result.stdout
     assert "Users with the most roles:" in result.stdout
-    with duckdb.connect(str(tmp_path / "data" / "dirsync.duckdb"), read_only=True) as conn:
+    with reader.connect(tmp_path / "data") as conn:
         assert conn.execute("SELECT count(*) FROM raw.google_users").fetchall() == [(2000,)]
         assert conn.execute("SELECT count(DISTINCT role) FROM core.role_mapped_entitlements").fetchall()[0][0] >= 4
 

@@ -34,7 +34,7 @@ def emulator(directory):
 
 
 def write_config(tmp_path: Path, connection: dict, retention: dict | None = None) -> Path:
-    warehouse = {"duckdb_path": str(tmp_path / "dirsync.duckdb")}
+    warehouse = {"path": str(tmp_path)}
     if retention is not None:
         warehouse["parquet_retention"] = retention
     path = tmp_path / "dirsync.yaml"

@@ -24,7 +24,7 @@ def test_embedded_default_is_the_demo_connection(monkeypatch):
     config = load_config()
     assert config.connection_ids == ["demo"]
     assert config.connections[0].emulator is not None
-    assert str(config.warehouse.duckdb_path) == "data/dirsync.duckdb"
+    assert str(config.warehouse.path) == "data"
 
 
 def test_unknown_key_is_reported_with_its_path():
@@ -58,7 +58,10 @@ def test_credentials_file_must_exist_and_match_the_type(tmp_path: Path):
     missing = tmp_path / "nope.json"
     message = problems({"connections": [connection(credentials={"type": "service_account", "file": str(missing)})]})
     assert f"credentials file {missing} does not exist" in message
-    assert "needs `file:`" in problems({"connections": [connection(credentials={"type": "authorized_user"})]})
+    assert "needs one of `file:`" in problems({"connections": [connection(credentials={"type": "authorized_user"})]})
+    both = {"type": "service_account", "file": str(missing), "env": "ACME_KEY"}
+    assert "needs one of `file:`" in problems({"connections": [connection(credentials=both)]})
+    assert "takes no `file:` or `env:`" in problems({"connections": [connection(credentials={"type": "none", "env": "K"})]})
 
 
 def test_real_google_needs_real_credentials():
@@ -79,7 +82,7 @@ def test_file_paths_are_relative_to_the_config_file(tmp_path: Path):
     key.write_text("{}")
     config_file = tmp_path / "dirsync.yaml"
     config_file.write_text(
-        "warehouse: {duckdb_path: out/dirsync.duckdb}\n"
+        "warehouse: {path: out}\n"
         "connections:\n"
         "  - id: acme\n"
         "    credentials: {type: service_account, file: secrets/sa.json, subject: admin@acme.com}\n"
@@ -87,7 +90,8 @@ def test_file_paths_are_relative_to_the_config_file(tmp_path: Path):
         "    role_mapping: {Eng@Acme.com: developer, admins@acme.com: [admin, developer]}\n"
     )
     config = load_config(config_file)
-    assert config.warehouse.duckdb_path == tmp_path / "out" / "dirsync.duckdb"
+    assert config.warehouse.path == tmp_path / "out"
+    assert config.warehouse.parquet_path == tmp_path / "out" / "parquet"
     assert config.connections[0].credentials.file == key
     assert config.connections[0].mapped_roles() == {"eng@acme.com": ["developer"], "admins@acme.com": ["admin", "developer"]}
 
@@ -97,5 +101,5 @@ def test_missing_and_malformed_files(tmp_path: Path):
         load_config(tmp_path / "absent.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("connections: [\n  - id: x\n")
-    with pytest.raises(ConfigError, match="not valid YAML at line"):
+    with pytest.raises(ConfigError, match="not valid YAML or JSON at line"):
         load_config(broken)

@@ -69,7 +69,7 @@ def test_a_check_without_an_sql_form_is_refused_not_skipped():
 
 def test_a_publish_whose_written_rows_break_the_contract_is_rolled_back(tmp_path):
     """A staged user without '@' in the email passes the copy, but its change event does not: nothing is published."""
-    store = Warehouse(tmp_path / "dirsync.duckdb")
+    store = Warehouse(tmp_path, "acme")
     staged = {"raw.google_users": users({"user_id": "u1", "primary_email": "nobody"}), "raw.google_groups": groups("g1"),
               "core.filtered_memberships": memberships(("u1", "g1")),
               "core.role_mapped_entitlements": entitlements(("u1", "member", []))}

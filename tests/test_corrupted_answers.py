@@ -58,7 +58,7 @@ def config(folder: Path, proxy: CorruptingProxy, **overrides) -> Path:
 def sync_from_baseline(baseline: Path, tmp_path: Path, proxy: CorruptingProxy, **overrides):
     """`dirsync sync` on a copy of the baseline warehouse: (result, published state before, after)."""
     shutil.copytree(baseline, tmp_path, dirs_exist_ok=True)
-    db = tmp_path / "dirsync.duckdb"
+    db = tmp_path
     before = published_state(db)
     result = dirsync("sync", "--config", str(config(tmp_path, proxy, **overrides)), cwd=tmp_path)
     return result, before, published_state(db)
@@ -100,7 +100,7 @@ def test_on_a_first_sync_a_lost_page_of_users_publishes_nothing(tmp_path, corrup
     corrupt.rewrite = users_pages(lambda x: {"kind": USERS_KIND} if "nextPageToken" not in x.answer else None)
     result = dirsync("sync", "--config", str(config(tmp_path, corrupt)), cwd=tmp_path)
     assert result.returncode == 1 and "users.get confirms exist" in result.stderr, result.stderr[-3000:]
-    state = published_state(tmp_path / "dirsync.duckdb")
+    state = published_state(tmp_path)
     assert not [k for k, rows in state.items() if rows], "a first sync refused must publish nothing"
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+from dirsync_pipeline.warehouse import reader
 import os
 import shutil
 import signal
@@ -139,7 +141,7 @@ def test_sync_now_from_the_ui_runs_through_the_queue_and_publishes(dagster_dev):
     assert {t["key"]: t["value"] for t in run["tags"]}["dirsync/trigger"] == "manual"
     [finished] = wait_for_runs(url, [run["runId"]], home)
     assert finished["status"] == "SUCCESS", (home / "dagster.log").read_text()[-3000:]
-    with duckdb.connect(str(home / "data" / "dirsync.duckdb"), read_only=True) as conn:
+    with reader.connect(home / "data") as conn:
         assert (run["runId"],) in conn.execute("SELECT sync_id FROM core.sync_log").fetchall()
 
 

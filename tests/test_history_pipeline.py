@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.emulator import Directory, DirectoryEmulator, generate_directory
 from tests.conftest import write_config
 from tests.oracle import expected_entitlements, expected_memberships
@@ -30,7 +31,7 @@ def oracle_keys(directory: Directory) -> tuple[set, set]:
 
 
 def events_of(db: Path, sync_id: str) -> list[tuple]:
-    with duckdb.connect(str(db), read_only=True) as conn:
+    with reader.connect(db) as conn:
         return conn.execute("SELECT event, user_id, group_id, role, initial, before, after FROM core.directory_changes "
                             "WHERE sync_id = ?", [sync_id]).fetchall()
 
@@ -41,7 +42,7 @@ def test_the_events_of_a_sync_are_exactly_the_changes_made(tmp_path):
         config = write_config(tmp_path, [connection(emulator, default_role=DEFAULT_ROLE)])
         first = run_sync(config)
         assert first.success
-        db = tmp_path / "dirsync.duckdb"
+        db = tmp_path
         initial = events_of(db, first.run_id)
         memberships, roles = oracle_keys(directory)
         assert all(row[4] for row in initial)
@@ -126,7 +127,7 @@ def test_history_answers_point_in_time_questions_across_three_syncs(tmp_path):
             result = run_sync(config)
             assert result.success
             holders.append({u for u, r, _via in expected_entitlements(directory, SELECTED, MAPPING, DEFAULT_ROLE) if r == "admin"})
-            with duckdb.connect(str(tmp_path / "dirsync.duckdb"), read_only=True) as conn:
+            with reader.connect(tmp_path) as conn:
                 published_at.append(conn.execute("SELECT published_at FROM core.sync_log WHERE sync_id = ?",
                                                  [result.run_id]).fetchall()[0][0])
                 since = conn.execute(readme_query("held-role-since"), {"connection": "acme", "role": "admin",
@@ -135,7 +136,7 @@ def test_history_answers_point_in_time_questions_across_three_syncs(tmp_path):
                     assert since == [(published_at[0],)], "the rename opened a version but did not reset held_since"
 
     assert holders[0] != holders[1] and holders[2] == holders[0], "the scenario moves one admin in and out"
-    with duckdb.connect(str(tmp_path / "dirsync.duckdb"), read_only=True) as conn:
+    with reader.connect(tmp_path) as conn:
         def held(at, role="admin") -> set[str]:
             rows = conn.execute(readme_query("who-held-role-at"), {"connection": "acme", "role": role, "at": at}).fetchall()
             return {user_id for user_id, *_ in rows}

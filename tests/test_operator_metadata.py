@@ -16,6 +16,7 @@ from dagster._core.definitions.freshness_evaluator import TimeWindowFreshnessPol
 from dagster._core.loader import LoadingContextForTest
 from dagster._core.test_utils import freeze_time
 
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.defs.assets import SYNC_FRESHNESS
 from dirsync_pipeline.defs import checks
 from dirsync_pipeline.defs.checks import Outcome
@@ -24,7 +25,7 @@ from dirsync_pipeline.emulator import DirectoryEmulator, ScriptedFault, generate
 from dirsync_pipeline.google.retry import ApiStats
 from dirsync_pipeline.defs.progress import FetchProgress
 from dirsync_pipeline.warehouse.tables import EVENTS, GOOGLE_GROUPS, GOOGLE_USERS
-from tests.conftest import write_config
+from tests.conftest import write_config, instance_with
 
 API_ENDPOINTS = ("users.list", "groups.list", "members.list", "groups.get", "users.get")
 
@@ -69,7 +70,7 @@ def synced(tmp_path_factory) -> tuple[dg.ExecuteInProcessResult, dict[str, int],
         config = write_config(tmp_path, [{"id": "acme", "api_endpoint": emulator.url, "selected_groups": "all",
                                           "role_mapping": {"engineering@acme.test": "developer"}}])
         job = build_definitions(str(config)).resolve_job_def("directory_sync")
-        result = job.execute_in_process(partition_key="acme", instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+        result = job.execute_in_process(partition_key="acme", instance=instance_with("acme"), raise_on_error=False)
         served = emulator.request_counts()
     return result, served, tmp_path
 
@@ -96,7 +97,7 @@ def test_the_sync_report_matches_what_the_emulator_served_and_what_was_published
     assert report["sync.api_retries"] == 1  # the scripted 503
     assert report["sync.api_pages"] == report["sync.api_requests"] - 1
     assert report["sync.duration_seconds"] > 0
-    with duckdb.connect(str(tmp_path / "dirsync.duckdb"), read_only=True) as conn:
+    with reader.connect(tmp_path) as conn:
         users = conn.execute("SELECT count(*) FROM raw.google_users").fetchone()[0]
         entitlements = conn.execute("SELECT count(*) FROM core.role_mapped_entitlements").fetchone()[0]
         events = dict(conn.execute("SELECT event, count(*) FROM core.directory_changes GROUP BY event").fetchall())
@@ -129,10 +130,10 @@ def test_failed_checks_tell_the_operator_what_to_do(tmp_path):
     with DirectoryEmulator(directory) as emulator:
         config = write_config(tmp_path, [{"id": "acme", "api_endpoint": emulator.url, "selected_groups": "all"}])
         job = build_definitions(str(config)).resolve_job_def("directory_sync")
-        assert job.execute_in_process(partition_key="acme", instance=dg.DagsterInstance.ephemeral()).success
+        assert job.execute_in_process(partition_key="acme", instance=instance_with("acme")).success
         for user in list(directory.users.values())[:80]:
             directory.delete_user(user.id)  # 40% of the company deleted at once (a silent drop is refused earlier)
-        refused = job.execute_in_process(partition_key="acme", instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+        refused = job.execute_in_process(partition_key="acme", instance=instance_with("acme"), raise_on_error=False)
     breaker = next(e for e in refused.get_asset_check_evaluations() if e.check_name == "mass_removal_breaker")
     assert not breaker.passed
     assert "--allow-mass-removal" in breaker.description and "allow_mass_removal: true" in breaker.description

@@ -14,6 +14,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory
 from dirsync_pipeline.warehouse.outputs import MANIFEST, OUTPUT_FILES, current_files, current_manifest, version_alongside, version_dir
 from dirsync_pipeline.warehouse.tables import DIRECTORY_CHANGES, SCHEMA_VERSION
@@ -31,7 +32,7 @@ def test_each_published_sync_writes_its_tables_and_changes_with_a_manifest(tmp_p
         results = {cid: run_sync(config, cid) for cid in ("acme", "globex")}
     assert all(r.success for r in results.values())
     parquet_dir = tmp_path / "parquet"
-    with duckdb.connect(str(tmp_path / "dirsync.duckdb"), read_only=True) as conn:
+    with reader.connect(tmp_path) as conn:
         for connection_id, result in results.items():
             manifest = current_manifest(parquet_dir, connection_id)
             assert (manifest["schema_version"], manifest["connection_id"], manifest["sync_id"]) == (
@@ -91,15 +92,16 @@ def test_a_reader_is_never_blocked_nor_shown_a_partial_set_while_syncs_run(tmp_p
                     hire = directory.add_user(f"hire{round_number}.{index}@acme.test", "New", "Hire")
                     directory.add_member(directory.find_group("engineering@acme.test").id, hire.id)
                 assert run_sync(config).success
-            db = tmp_path / "dirsync.duckdb"
-            with duckdb.connect(str(db)):  # while a sync holds the DuckDB file, DuckDB readers are shut out ...
-                blocked = subprocess.run([sys.executable, "-c", f"import duckdb; duckdb.connect({str(db)!r}, read_only=True)"],
-                                         capture_output=True, text=True, timeout=60)
-                time.sleep(0.5)  # ... and the Parquet reader keeps reading
+            live = Warehouse(tmp_path, "acme").path
+            with duckdb.connect(str(live)):  # while a sync holds the connection's DuckDB file, DuckDB readers ...
+                query = ("from dirsync_pipeline.warehouse import reader; "
+                         f"print(reader.connect({str(tmp_path)!r}).sql('SELECT count(*) FROM raw.google_users').fetchall())")
+                attached = subprocess.run([sys.executable, "-c", query], capture_output=True, text=True, timeout=60)
+                time.sleep(0.5)  # ... and the Parquet reader keep reading
         finally:
             stop.touch()
             reader.wait(timeout=60)
-    assert blocked.returncode != 0 and "Could not set lock" in blocked.stderr
+    assert attached.returncode == 0 and attached.stdout.strip() == "[(209,)]", attached.stderr[-2000:]
     result = json.loads(report.read_text())
     assert result["errors"] == []
     assert result["reads"] >= 10 and result["syncs_seen"] >= 3, result
@@ -112,7 +114,7 @@ def test_a_reader_is_never_blocked_nor_shown_a_partial_set_while_syncs_run(tmp_p
 def test_a_staged_file_that_cannot_be_written_fails_the_set_and_no_set_is_completed(tmp_path):
     """The synced tables' files are written in another thread, alongside the transaction: its error is the
     publish's error, and the set is never renamed into place."""
-    warehouse = Warehouse(tmp_path / "dirsync.duckdb")
+    warehouse = Warehouse(tmp_path, "acme")
     parquet_dir = tmp_path / "parquet"
     with warehouse.connect() as conn:
         with pytest.raises(duckdb.CatalogException, match="no_such_relation"):

@@ -8,14 +8,16 @@ import dagster as dg
 import duckdb
 import pytest
 
-from dirsync_pipeline.defs.assets import build_sync_assets
+from dirsync_pipeline.warehouse import reader
+from dirsync_pipeline.defs.assets import SYNC_ASSETS
 from dirsync_pipeline.defs.checks import publish_gate_failures
 from dirsync_pipeline.definitions import build_definitions
 from dirsync_pipeline.emulator import DirectoryEmulator, FaultPlan, Member, ScriptedFault, generate_directory
 from dirsync_pipeline.defs.resources import StagingIOManager, loads_in_run
 from dirsync_pipeline.warehouse.tables import GOOGLE_GROUP_MEMBERS, GOOGLE_GROUPS, GOOGLE_USERS, SYNC_TABLES, TABLES_BY_ASSET_KEY
+from dirsync_pipeline.registry import Registry
 from dirsync_pipeline.warehouse.store import Warehouse
-from tests.conftest import write_config
+from tests.conftest import write_config, instance_with
 from tests.oracle import expected_entitlements, expected_memberships
 
 SELECTED = ["all-staff@acme.test", "engineering@acme.test", "admins@acme.test", "everyone-nested@acme.test"]
@@ -29,12 +31,12 @@ def connection(emulator: DirectoryEmulator, connection_id: str = "acme", **overr
 
 def run_sync(config_path: Path, connection_id: str = "acme") -> dg.ExecuteInProcessResult:
     job = build_definitions(str(config_path)).resolve_job_def("directory_sync")
-    return job.execute_in_process(partition_key=connection_id, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    return job.execute_in_process(partition_key=connection_id, instance=instance_with(connection_id), raise_on_error=False)
 
 
 def published(db: Path, table: str, connection_id: str | None = None) -> list[tuple]:
     where = f"WHERE connection_id = '{connection_id}'" if connection_id else ""
-    with duckdb.connect(str(db), read_only=True) as conn:
+    with reader.connect(db) as conn:
         return sorted(conn.execute(f"SELECT * FROM {table} {where}").fetchall(), key=repr)
 
 
@@ -52,7 +54,7 @@ def test_sync_publishes_exactly_what_the_semantics_define(tmp_path, seed):
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) == 12 and all(e.passed for e in evaluations)
 
-    db = tmp_path / "dirsync.duckdb"
+    db = tmp_path
     memberships = {(u, g, d, a) for _c, u, _e, g, _ge, d, a in published(db, "core.filtered_memberships")}
     assert memberships == expected_memberships(directory, SELECTED)
     entitlements = {(u, r, tuple(via)) for _c, u, _e, r, via in published(db, "core.role_mapped_entitlements")}
@@ -68,7 +70,7 @@ def test_highest_priority_through_the_pipeline(tmp_path, emulator, directory):
     config = write_config(tmp_path, [connection(emulator, default_role="member", role_assignment="highest_priority",
                                                 role_priority=priority)])
     assert run_sync(config).success
-    rows = {(u, r, tuple(via)) for _c, u, _e, r, via in published(tmp_path / "dirsync.duckdb", "core.role_mapped_entitlements")}
+    rows = {(u, r, tuple(via)) for _c, u, _e, r, via in published(tmp_path, "core.role_mapped_entitlements")}
     assert rows == expected_entitlements(directory, SELECTED, MAPPING, default_role="member", priority=priority)
     assert len({u for u, _r, _v in rows}) == len(rows)
 
@@ -76,7 +78,7 @@ def test_highest_priority_through_the_pipeline(tmp_path, emulator, directory):
 def test_a_failing_check_leaves_the_published_tables_unchanged(tmp_path, emulator, directory):
     config = write_config(tmp_path, [connection(emulator)])
     assert run_sync(config).success
-    db = tmp_path / "dirsync.duckdb"
+    db = tmp_path
     before = snapshot(db)
 
     engineering = directory.find_group("engineering@acme.test")
@@ -88,11 +90,11 @@ def test_a_failing_check_leaves_the_published_tables_unchanged(tmp_path, emulato
     failed = [(e.asset_key.to_user_string(), e.check_name) for e in result.get_asset_check_evaluations() if not e.passed]
     assert failed == [("raw/google_group_members", "matches_contract")]
     assert snapshot(db) == before
-    with duckdb.connect(str(db), read_only=True) as conn:
+    with Warehouse(db, "acme").connect() as conn:
         staged_bad = conn.execute("SELECT count(*) FROM staging.raw__google_group_members WHERE role = 'SUPERVISOR'").fetchall()
     assert staged_bad == [(1,)], "the bad stage was written aside, not published"
     # the publish gate, for stages a run did not check itself (replayed ones), refuses the same stage
-    store = Warehouse(db)
+    store = Warehouse(db, "acme")
     problems = publish_gate_failures(store, "acme", unchecked=[GOOGLE_GROUP_MEMBERS])
     assert len(problems) == 1 and problems[0].startswith("raw.google_group_members: ")
     assert publish_gate_failures(store, "acme", unchecked=[GOOGLE_USERS, GOOGLE_GROUPS]) == []
@@ -108,7 +110,7 @@ def test_a_failed_users_listing_stops_the_members_fetch_and_is_the_error_reporte
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "users.list" in str(failure.step_failure_data.error.cause or failure.step_failure_data.error)
     assert members_calls < 20, f"{members_calls} members.list calls after users.list had failed (300 groups)"
-    assert not (tmp_path / "dirsync.duckdb").exists() or published(tmp_path / "dirsync.duckdb", "raw.google_users") == []
+    assert not (tmp_path).exists() or published(tmp_path, "raw.google_users") == []
 
 
 def test_max_concurrency_1_reads_strictly_one_request_at_a_time(tmp_path, directory):
@@ -128,7 +130,7 @@ def test_each_connection_is_a_partition_and_other_connections_stay_intact(tmp_pa
             connection(acme), connection(globex, "globex", selected_groups="all", role_mapping={}, default_role="member")])
         assert run_sync(config, "acme").success
         assert run_sync(config, "globex").success
-        db = tmp_path / "dirsync.duckdb"
+        db = tmp_path
         globex_before = published(db, "core.role_mapped_entitlements", "globex")
         directory.delete_user(next(iter(directory.users)))
         assert run_sync(config, "acme").success
@@ -140,10 +142,8 @@ def test_each_connection_is_a_partition_and_other_connections_stay_intact(tmp_pa
 
 def test_materialize_the_asset_graph_with_dagster_materialize(tmp_path, emulator):
     defs = build_definitions(str(write_config(tmp_path, [connection(emulator)])))
-    assets = build_sync_assets(dg.StaticPartitionsDefinition(["acme"]))
     result = dg.materialize(
-        assets, partition_key="acme", resources=defs.resources,
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+        SYNC_ASSETS, partition_key="acme", resources=defs.resources, instance=instance_with("acme"), raise_on_error=False,
     )
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
@@ -156,18 +156,21 @@ def test_materialize_the_asset_graph_with_dagster_materialize(tmp_path, emulator
     assert fetched["raw/google_users"]["api_requests.members.list"].value > 0  # on the output yielded last
 
 
-def test_definitions_load_and_schedule_fans_out_over_connections(tmp_path, emulator):
-    defs = build_definitions(str(write_config(tmp_path, [connection(emulator), connection(emulator, "beta")])))
+def test_definitions_load_and_schedule_fans_out_over_enabled_connections(tmp_path, emulator):
+    config = write_config(tmp_path, [connection(emulator), connection(emulator, "beta"), connection(emulator, "gamma")])
+    defs = build_definitions(str(config))
     dg.Definitions.validate_loadable(defs)
     schedule = defs.resolve_schedule_def("hourly_directory_sync")
     assert schedule.cron_schedule == "0 * * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    Registry(tmp_path / "registry.sqlite").set_enabled("beta", False)
     from datetime import UTC, datetime
 
-    with dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 28, 15, 0, tzinfo=UTC),
+    instance = instance_with("acme", "beta", "gamma")
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 28, 15, 0, tzinfo=UTC),
                                    repository_def=defs.get_repository_def()) as context:
         requests = schedule.evaluate_tick(context).run_requests
-    assert [(r.partition_key, r.tags["dirsync/trigger"]) for r in requests] == [("acme", "schedule"), ("beta", "schedule")]
+    assert [(r.partition_key, r.tags["dirsync/trigger"]) for r in requests] == [("acme", "schedule"), ("gamma", "schedule")]
     assert len({r.run_key for r in requests}) == 2
 
 
@@ -187,8 +190,8 @@ def test_steps_load_the_frames_this_run_staged_exactly_as_staging_holds_them(tmp
 
     monkeypatch.setattr(StagingIOManager, "load_input", spy_load)
     monkeypatch.setattr(Warehouse, "read_staged", lambda self, *a: staged_reads.append(a) or read_staged(self, *a))
-    assert job.execute_in_process(partition_key="acme", instance=dg.DagsterInstance.ephemeral()).success
+    assert job.execute_in_process(partition_key="acme", instance=instance_with("acme")).success
     assert len(loaded) == 9 and staged_reads == []
-    store = Warehouse(tmp_path / "dirsync.duckdb")
+    store = Warehouse(tmp_path, "acme")
     for table, frame in loaded:
         assert frame.equals(read_staged(store, table, "acme")), table.name

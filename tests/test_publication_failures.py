@@ -16,11 +16,12 @@ import dagster as dg
 import duckdb
 import pytest
 
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.cli.sync import failure_messages, partly_published
 from dirsync_pipeline.definitions import build_definitions
 from dirsync_pipeline.emulator import DirectoryEmulator
 from dirsync_pipeline.warehouse.outputs import current_manifest
-from tests.conftest import write_config
+from tests.conftest import write_config, instance_with
 from tests.published_state import published_state
 
 REAL_CONNECT = duckdb.connect
@@ -62,7 +63,7 @@ DUCKDB_STEPS = {  # the write steps inside the publish transaction, in order
 
 def sync(config: Path) -> dg.ExecuteInProcessResult:
     job = build_definitions(str(config)).resolve_job_def("directory_sync")
-    return job.execute_in_process(partition_key="acme", instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    return job.execute_in_process(partition_key="acme", instance=instance_with("acme"), raise_on_error=False)
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def synced_once(tmp_path, emulator, directory):
     assert first.success
     for user in list(directory.users.values())[:5]:
         directory.suspend_user(user.id)
-    return config, first.run_id, tmp_path / "dirsync.duckdb"
+    return config, first.run_id, tmp_path
 
 
 def message(result: dg.ExecuteInProcessResult) -> str:
@@ -130,7 +131,7 @@ def test_a_manifest_that_cannot_be_replaced_says_what_was_published_and_the_next
     assert f"sync {result.run_id} of acme was published to DuckDB (raw.*, core.*, its change events and history)" in text
     assert "[Errno 30] Read-only file system" in text and f"Parquet readers still see sync {first_sync}" in text
     assert "nothing was published" not in text
-    with duckdb.connect(str(db), read_only=True) as conn:  # the message against the state
+    with reader.connect(db) as conn:  # the message against the state
         logged = [r[0] for r in conn.execute("SELECT sync_id FROM core.sync_log ORDER BY published_at").fetchall()]
     assert logged == [first_sync, result.run_id]
     assert current_manifest(db.parent / "parquet", "acme")["sync_id"] == first_sync

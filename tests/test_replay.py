@@ -8,12 +8,13 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.cli import main
 from dirsync_pipeline.cli.sync import failure_messages, mass_removal_override
 from dirsync_pipeline.definitions import build_definitions
 from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory
 from dirsync_pipeline.warehouse.tables import GOOGLE_ASSET_KEYS, SYNC_TABLES
-from tests.conftest import write_config
+from tests.conftest import write_config, instance_with
 from tests.oracle import expected_entitlements
 from tests.test_pipeline import MAPPING, SELECTED, connection, published, run_sync
 
@@ -26,12 +27,12 @@ UNREACHABLE = {"retry": {"max_attempts": 1}}  # a Google call would fail the run
 
 def run_job(config: Path, job_name: str, **kwargs) -> dg.ExecuteInProcessResult:
     job = build_definitions(str(config)).resolve_job_def(job_name)
-    return job.execute_in_process(partition_key="acme", instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+    return job.execute_in_process(partition_key="acme", instance=instance_with("acme"), raise_on_error=False,
                                   **kwargs)
 
 
 def role_events(db: Path, sync_id: str) -> list[tuple]:
-    with duckdb.connect(str(db), read_only=True) as conn:
+    with reader.connect(db) as conn:
         return sorted(conn.execute("SELECT event, user_id, role FROM core.directory_changes WHERE sync_id = ?",
                                    [sync_id]).fetchall())
 
@@ -70,16 +71,16 @@ def test_remap_without_google_gives_what_a_full_sync_gives(tmp_path):
         assert run_sync(config).success
         reference = write_config(tmp_path / "reference", [{**settings, **REMAPPED}])
         assert run_sync(reference).success, "the full sync that the remap must reproduce"
-    db = tmp_path / "dirsync.duckdb"
+    db = tmp_path
     users_before = published(db, "raw.google_users")
 
     remapped = write_config(tmp_path, [{**settings, **REMAPPED}])
     assert main(["remap", "--config", str(remapped), "--allow-mass-removal"]) == 0  # Google is unreachable now
     for table in ("core.filtered_memberships", "core.role_mapped_entitlements", "core.entitlement_explanations"):
-        assert published(db, table) == published(tmp_path / "reference" / "dirsync.duckdb", table), table
+        assert published(db, table) == published(tmp_path / "reference", table), table
     assert published(db, "raw.google_users") == users_before
 
-    with duckdb.connect(str(db), read_only=True) as conn:
+    with reader.connect(db) as conn:
         remap_id = conn.execute("SELECT sync_id FROM core.sync_log ORDER BY published_at DESC LIMIT 1").fetchall()[0][0]
     before = {(u, r) for u, r, _ in expected_entitlements(directory, SELECTED, MAPPING, default_role="member")}
     after = {(u, r) for u, r, _ in expected_entitlements(directory, SELECTED, {k: list(v) for k, v in NEW_MAPPING.items()},
@@ -93,20 +94,20 @@ def test_remap_without_google_gives_what_a_full_sync_gives(tmp_path):
     failure = next(e for e in refused.all_events if e.is_step_failure).step_failure_data.error.message
     assert "lacks the members of 1 selected or nested group(s) (finance@acme.test)" in failure
     assert published(db, "core.role_mapped_entitlements") == published(
-        tmp_path / "reference" / "dirsync.duckdb", "core.role_mapped_entitlements"), "a refused remap publishes nothing"
+        tmp_path / "reference", "core.role_mapped_entitlements"), "a refused remap publishes nothing"
 
 
 HISTORY = ("core.directory_changes", "core.entitlements_history", "core.memberships_history")
 
 
 def counts(db: Path, tables: tuple[str, ...]) -> list[int]:
-    with duckdb.connect(str(db), read_only=True) as conn:
+    with reader.connect(db) as conn:
         return [conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in tables]
 
 
 def test_a_failed_sync_records_nothing_and_downstream_only_runs_replay_the_snapshot_not_its_stages(tmp_path):
     directory = generate_directory(users=150, groups=14, seed=17, domain="acme.test")
-    db, outputs = tmp_path / "dirsync.duckdb", tmp_path / "parquet" / "connection_id=acme"
+    db, outputs = tmp_path, tmp_path / "parquet" / "connection_id=acme"
     with DirectoryEmulator(directory) as emulator:
         settings = connection(emulator, default_role="member", **UNREACHABLE)
         config = write_config(tmp_path, [settings])
@@ -124,7 +125,7 @@ def test_a_failed_sync_records_nothing_and_downstream_only_runs_replay_the_snaps
     assert counts(db, HISTORY) == history_before, "a sync that publishes nothing records no event and no history"
     assert (outputs / "manifest.json").read_text() == manifest and sorted(outputs.iterdir()) == sets, \
         "no new Parquet set, and the manifest still names the last published one"
-    with duckdb.connect(str(db), read_only=True) as conn:
+    with reader.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM staging.raw__google_users WHERE primary_email LIKE 'late.joiner%'"
                             ).fetchall() == [(1,)], "the failed run left its stages behind"
 

@@ -12,11 +12,12 @@ import dagster as dg
 import duckdb
 import polars as pl
 
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.definitions import build_definitions
 from dirsync_pipeline.emulator import DirectoryEmulator, FaultPlan, generate_directory
 from dirsync_pipeline.warehouse.safeguards import removal
 from dirsync_pipeline.warehouse.tables import GOOGLE_USERS, SYNC_TABLES
-from tests.conftest import write_config
+from tests.conftest import write_config, instance_with
 from tests.oracle import expected_entitlements
 from tests.test_pipeline import published, run_sync, snapshot
 
@@ -46,7 +47,7 @@ def test_a_30_percent_drop_in_users_is_refused_then_let_through_on_purpose(tmp_p
     with DirectoryEmulator(directory) as emulator:
         config = write_config(tmp_path, [connection(emulator)])
         assert run_sync(config).success
-        db = tmp_path / "dirsync.duckdb"
+        db = tmp_path
         before = snapshot(db)
 
         for user in list(directory.users.values())[:180]:
@@ -64,7 +65,7 @@ def test_a_30_percent_drop_in_users_is_refused_then_let_through_on_purpose(tmp_p
 
         job = build_definitions(str(config)).resolve_job_def("directory_sync")
         allowed = job.execute_in_process(
-            partition_key="acme", instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+            partition_key="acme", instance=instance_with("acme"), raise_on_error=False,
             run_config={"ops": {"published_directory": {"config": {"allow_mass_removal": True}}}},
         )
         assert allowed.success
@@ -87,7 +88,7 @@ def test_cli_override_flag_publishes_and_is_recorded(tmp_path, directory):
         allowed = subprocess.run([sys.executable, "-m", "dirsync_pipeline.cli", "sync", "--config", str(config),
                                   "--allow-mass-removal"], capture_output=True, text=True, env=env, timeout=180)
         assert allowed.returncode == 0, allowed.stderr[-2000:]
-    rows = {(u, r, tuple(v)) for _c, u, _e, r, v in published(tmp_path / "dirsync.duckdb", "core.role_mapped_entitlements")}
+    rows = {(u, r, tuple(v)) for _c, u, _e, r, v in published(tmp_path, "core.role_mapped_entitlements")}
     assert rows == expected_entitlements(directory, SELECTED, MAPPING, default_role="member")
 
 
@@ -98,7 +99,7 @@ def test_first_sync_and_small_changes_pass_the_breaker(tmp_path, directory):
         for user in list(directory.users.values())[:30]:
             directory.delete_user(user.id)  # 5%: normal churn
         assert run_sync(config).success
-    assert len(published(tmp_path / "dirsync.duckdb", "raw.google_users")) == 570
+    assert len(published(tmp_path, "raw.google_users")) == 570
 
 
 def test_a_sync_completes_correctly_under_random_5xx_and_a_rate_limit(tmp_path):
@@ -113,7 +114,7 @@ def test_a_sync_completes_correctly_under_random_5xx_and_a_rate_limit(tmp_path):
     assert result.success, [e for e in result.all_events if e.is_step_failure]
     injected = faults.injected
     assert sum(v for k, v in injected.items() if k in ("500", "502", "503")) > 0, injected
-    db = tmp_path / "dirsync.duckdb"
+    db = tmp_path
     assert len(published(db, "raw.google_users")) == 5000
     assert len(published(db, "raw.google_groups")) == 500
     assert len(published(db, "raw.google_group_members")) == sum(len(g.members) for g in directory.groups.values())
@@ -122,7 +123,7 @@ def test_a_sync_completes_correctly_under_random_5xx_and_a_rate_limit(tmp_path):
 
 def content(db: Path) -> dict[str, list[tuple]]:
     """Published rows without their read timestamps, which differ from one sync to the next."""
-    with duckdb.connect(str(db), read_only=True) as conn:
+    with reader.connect(db) as conn:
         return {t.qualified_name: sorted(conn.execute(
             f"SELECT * EXCLUDE (synced_at) FROM {t.qualified_name}" if "synced_at" in t.column_names
             else f"SELECT * FROM {t.qualified_name}").fetchall(), key=repr) for t in SYNC_TABLES}
@@ -133,7 +134,7 @@ def test_a_run_killed_at_any_point_leaves_the_old_or_the_new_complete_state(tmp_
     with DirectoryEmulator(directory) as emulator:
         config = write_config(tmp_path, [connection(emulator)])
         assert run_sync(config).success
-        db = tmp_path / "dirsync.duckdb"
+        db = tmp_path
         old = content(db)
         for user in list(directory.users.values())[:40]:
             directory.suspend_user(user.id)

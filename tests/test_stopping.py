@@ -40,7 +40,7 @@ def test_a_signal_stops_a_running_sync_within_seconds_and_publishes_nothing(tmp_
     with DirectoryEmulator(directory) as emulator:
         config = slow_directory_config(tmp_path, emulator)
         assert dirsync("sync", "--config", str(config), cwd=tmp_path).returncode == 0
-        before = published_state(tmp_path / "dirsync.duckdb")
+        before = published_state(tmp_path)
         directory.suspend_user(next(iter(directory.users)))  # a change the stopped sync must not publish
         emulator.faults.latency_ms = LATENCY_MS
         env = {k: v for k, v in os.environ.items() if k not in ("DIRSYNC_CONFIG", "DAGSTER_HOME")}
@@ -58,7 +58,7 @@ def test_a_signal_stops_a_running_sync_within_seconds_and_publishes_nothing(tmp_
     assert sync.returncode == 128 + signum, err[-3000:]
     assert f"acme: sync stopped by {signal.Signals(signum).name}" in err, err[-3000:]
     assert "the last published data is unchanged" in err
-    assert published_state(tmp_path / "dirsync.duckdb") == before
+    assert published_state(tmp_path) == before
 
 
 def test_a_run_terminated_from_the_dagster_ui_stops_within_seconds_and_publishes_nothing(tmp_path):
@@ -69,7 +69,7 @@ def test_a_run_terminated_from_the_dagster_ui_stops_within_seconds_and_publishes
     with DirectoryEmulator(directory) as emulator:
         config = slow_directory_config(tmp_path, emulator)
         assert dirsync("sync", "--config", str(config), cwd=tmp_path).returncode == 0
-        before = published_state(tmp_path / "dirsync.duckdb")
+        before = published_state(tmp_path)
         directory.suspend_user(next(iter(directory.users)))
         emulator.faults.latency_ms = LATENCY_MS
         home = tmp_path / "dagster_home"
@@ -87,4 +87,4 @@ def test_a_run_terminated_from_the_dagster_ui_stops_within_seconds_and_publishes
             log = (home / "dagster.log").read_text()
     assert finished["status"] == "CANCELED", log[-3000:]
     assert stopped_after < STOP_WITHIN_SECONDS + 2, f"the run ended {stopped_after:.1f} s after Terminate"  # + polling
-    assert published_state(tmp_path / "dirsync.duckdb") == before
+    assert published_state(tmp_path) == before

@@ -16,10 +16,12 @@ from collections.abc import Sequence
 
 from dirsync_pipeline.config import ConfigError
 from dirsync_pipeline.google.errors import DirectoryError
+from dirsync_pipeline.registry import RegistryError
 
 # Command -> the module (of this package) that registers and runs it, in the order `dirsync --help` lists them.
-COMMAND_MODULES = {"sync": "sync", "demo": "sync", "groups": "groups", "emulator": "emulator", "remap": "remap",
-                   "explain": "explain", "prune": "prune", "authorize": "authorize", "check": "check"}
+COMMAND_MODULES = {"sync": "sync", "demo": "sync", "connections": "connections", "query": "query",
+                   "groups": "groups", "emulator": "emulator", "remap": "remap", "explain": "explain",
+                   "prune": "prune", "authorize": "authorize", "check": "check"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,10 +34,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def execute(args: argparse.Namespace) -> int:
-    """Run the parsed command; a bad config or a Google error is exit code 2, with what to fix."""
+    """Run the parsed command; a bad config, registry or Google error is exit code 2, with what to fix."""
     try:
         return args.command(args)
-    except (ConfigError, DirectoryError) as exc:
+    except (ConfigError, DirectoryError, RegistryError) as exc:
         print(f"dirsync: {exc}", file=sys.stderr)
         return 2
 

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from dirsync_pipeline.cli.check import check_and_print
-from dirsync_pipeline.config import ConfigError, load_config
+from dirsync_pipeline.cli.options import open_config_registry
+from dirsync_pipeline.config import ConfigError
 from dirsync_pipeline.google.consent import authorize
 
 
@@ -28,7 +29,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def cmd_authorize(args: argparse.Namespace) -> int:
-    connection = load_config(args.config).connection(args.connection)
+    _config, registry = open_config_registry(args)
+    connection = registry.connection(args.connection)
     credentials = connection.credentials
     if credentials.type != "authorized_user" or credentials.file is None:
         raise ConfigError(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from dirsync_pipeline.cli.options import add_config_args, selected_connection_ids
-from dirsync_pipeline.config import ConnectionConfig, load_config
+from dirsync_pipeline.cli.options import add_config_args, open_config_registry, selected_connection_ids
+from dirsync_pipeline.config import ConnectionConfig
 from dirsync_pipeline.google.preflight import check_connection
 from dirsync_pipeline.defs.resources import GoogleDirectoryResource
 
@@ -20,14 +20,14 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    verdicts = [check_and_print(args.config, config.connection(cid)) for cid in selected_connection_ids(config, args)]
+    _config, registry = open_config_registry(args)
+    verdicts = [check_and_print(registry.connection(cid)) for cid in selected_connection_ids(registry, args)]
     return 0 if all(verdicts) else 1  # every connection is diagnosed, even after a failing one
 
 
-def check_and_print(config_path: str | None, connection: ConnectionConfig) -> bool:
+def check_and_print(connection: ConnectionConfig) -> bool:
     """Print the connection's diagnosis; True when a sync would work."""
-    google = GoogleDirectoryResource(config_path=config_path)
+    google = GoogleDirectoryResource()
     try:
         report = check_connection(connection, google.endpoint(connection))
     finally:

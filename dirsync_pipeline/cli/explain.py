@@ -12,8 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from dirsync_pipeline.cli.options import add_config_args, selected_connection_ids
-from dirsync_pipeline.config import load_config
+from dirsync_pipeline.cli.options import add_config_args, open_config_registry, selected_connection_ids
 from dirsync_pipeline.transforms.explain import describe_rule, no_role_reason
 from dirsync_pipeline.warehouse.outputs import connection_dir, current_manifest
 
@@ -26,8 +25,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    ids = selected_connection_ids(config, args)
+    config, registry = open_config_registry(args)
+    ids = selected_connection_ids(registry, args)
     found = False
     for connection_id in ids:
         manifest = current_manifest(config.warehouse.parquet_path, connection_id)

@@ -7,8 +7,8 @@ import sys
 
 import polars as pl
 
-from dirsync_pipeline.cli.options import add_config_args, selected_connection_ids
-from dirsync_pipeline.config import ConnectionConfig, load_config
+from dirsync_pipeline.cli.options import add_config_args, open_config_registry, selected_connection_ids
+from dirsync_pipeline.config import ConnectionConfig
 from dirsync_pipeline.defs.resources import GoogleDirectoryResource
 from dirsync_pipeline.transforms.directory import resolve_group_keys
 
@@ -21,13 +21,13 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def cmd_groups(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    google = GoogleDirectoryResource(config_path=args.config)
-    ids = selected_connection_ids(config, args)
+    _config, registry = open_config_registry(args)
+    google = GoogleDirectoryResource()
+    ids = selected_connection_ids(registry, args)
     shown = 0
     try:
         for connection_id in ids:
-            connection = config.connection(connection_id)
+            connection = registry.connection(connection_id)
             with google.client(connection) as client:
                 groups = client.fetch_groups().sort("email")
             shown += print_groups(connection, groups, args.search)

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import argparse
 
-from dirsync_pipeline.config import DirsyncConfig
+from dirsync_pipeline.config import DirsyncConfig, load_config
+from dirsync_pipeline.registry import Registry, open_registry
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config file (default: $DIRSYNC_CONFIG, else the embedded demo)")
-    parser.add_argument("--connection", help="only this connection id (default: every connection)")
+    parser.add_argument("--connection", help="only this connection id (default: every registered connection)")
 
 
-def selected_connection_ids(config: DirsyncConfig, args: argparse.Namespace) -> list[str]:
-    """``--connection`` (checked against the config), else every connection of the config."""
-    return [config.connection(args.connection).id] if args.connection else config.connection_ids
+def open_config_registry(args: argparse.Namespace) -> tuple[DirsyncConfig, Registry]:
+    """The config (``--config``) and its warehouse's registry, the config file's connections registered."""
+    config = load_config(getattr(args, "config", None))
+    return config, open_registry(config)
+
+
+def selected_connection_ids(registry: Registry, args: argparse.Namespace, *, enabled_only: bool = False) -> list[str]:
+    """``--connection`` (checked against the registry), else every registered (or every enabled) connection."""
+    if args.connection:
+        return [registry.get(args.connection).id]
+    return registry.enabled_ids() if enabled_only else [c.id for c in registry.list()]

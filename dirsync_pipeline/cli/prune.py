@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from dirsync_pipeline.cli.options import add_config_args, selected_connection_ids
-from dirsync_pipeline.config import load_config
+from dirsync_pipeline.cli.options import add_config_args, open_config_registry, selected_connection_ids
 from dirsync_pipeline.warehouse.retention import Retention, prune_connection
 
 
@@ -28,14 +27,14 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config, registry = open_config_registry(args)
     retention = Retention.of(config.warehouse.parquet_retention)
     if args.keep_last is not None:
         if args.keep_last < 1:
             raise SystemExit("dirsync: --keep-last must be at least 1 (the current set is always kept)")
         retention = replace(retention, keep_last=args.keep_last)
     verb = "would remove" if args.dry_run else "removed"
-    for connection_id in selected_connection_ids(config, args):
+    for connection_id in selected_connection_ids(registry, args):
         pruned = prune_connection(config.warehouse.parquet_path, connection_id, retention, dry_run=args.dry_run)
         print(f"{connection_id}: {verb} {len(pruned.removed)} Parquet set(s) ({pruned.freed_bytes / 1e6:.1f} MB), "
               f"kept {len(pruned.kept)}")

@@ -10,21 +10,23 @@ import sys
 from collections.abc import Callable
 
 import dagster as dg
-import duckdb
 
 from dirsync_pipeline.cli.heap import freeze_long_lived
-from dirsync_pipeline.cli.options import add_config_args, selected_connection_ids
+from dirsync_pipeline.cli.options import add_config_args, open_config_registry, selected_connection_ids
 from dirsync_pipeline.cli.stopping import SyncStopped, stopped_by_signals
 from dirsync_pipeline.config import CONFIG_ENV_VAR, DirsyncConfig, load_config
 from dirsync_pipeline.defs.jobs import TRIGGER_TAG
+from dirsync_pipeline.defs.partitions import CONNECTIONS
+from dirsync_pipeline.defs.resources import PARTITION_TAG
+from dirsync_pipeline.registry import open_registry
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.warehouse.publication import PartlyPublishedError
 from dirsync_pipeline.warehouse.tables import SYNC_TABLES
 
-PARTITION_TAG = "dagster/partition"  # how a run names its partition (the connection)
-
 
 def register(subcommands: argparse._SubParsersAction) -> None:
-    sync = subcommands.add_parser("sync", help="sync now: run the directory_sync job in-process")
+    sync = subcommands.add_parser(
+        "sync", help="sync now: run the directory_sync job in-process (every enabled connection, or --connection)")
     add_config_args(sync)
     add_mass_removal_arg(sync)
     sync.set_defaults(command=cmd_sync)
@@ -48,9 +50,13 @@ def run_connections(
     args: argparse.Namespace, job_name: str, what: str,
     on_success: Callable[[DirsyncConfig, str], None] | None = None,
 ) -> int:
-    """Run ``job_name`` for the selected connection(s) (``--connection``, else every one); exit code 0 or 1."""
-    config = load_config(args.config)
-    ids = selected_connection_ids(config, args)
+    """Run ``job_name`` for the selected connection(s) (``--connection``, else every enabled one); exit code 0 or 1."""
+    config, registry = open_config_registry(args)
+    ids = selected_connection_ids(registry, args, enabled_only=True)
+    if args.connection and not registry.get(args.connection).enabled:
+        print(f"dirsync: connection {args.connection} is disabled, so it is not synced; enable it with "
+              f"`dirsync connections enable {args.connection}`", file=sys.stderr)
+        return 2
     overrides = mass_removal_override() if args.allow_mass_removal else {}
     failed, partly = [], []
     for connection_id in ids:
@@ -73,6 +79,7 @@ def run_connections(
 def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.pop(CONFIG_ENV_VAR, None)  # the demo is the embedded default, whatever the environment says
     config = load_config(None)
+    open_registry(config)  # registers the demo connection
     try:
         if run_sync(None, "demo") is not SyncOutcome.PUBLISHED:
             return 1
@@ -111,6 +118,7 @@ def run_sync(
     job = dg.build_reconstructable_job(__name__, sync_job.__name__, reconstructable_args=(config_path, job_name))
     freeze_long_lived()  # the job's definitions and Dagster's execution modules: the run's collections skip them
     with _instance() as instance, stopped_by_signals() as signals:
+        instance.add_dynamic_partitions(CONNECTIONS.name, [connection_id])  # as the sensor does; a no-op if known
         result = dg.execute_job(
             job, instance=instance, raise_on_error=False,
             tags={TRIGGER_TAG: "cli", PARTITION_TAG: connection_id, **(tags or {})},
@@ -166,8 +174,8 @@ def partly_published(result: dg.JobExecutionResult) -> bool:
 
 
 def print_summary(config: DirsyncConfig) -> None:
-    with duckdb.connect(str(config.warehouse.duckdb_path), read_only=True) as conn:
-        print(f"\nPublished tables in {config.warehouse.duckdb_path}:")
+    with reader.connect(config.warehouse.path, config.warehouse.parquet_path) as conn:
+        print(f"\nPublished tables in {config.warehouse.path}/ (read them with `dirsync query`):")
         for table in SYNC_TABLES:
             count = conn.execute(f"SELECT count(*) FROM {table.qualified_name}").fetchall()[0][0]
             print(f"  {table.qualified_name:<32} {count:>8} rows")

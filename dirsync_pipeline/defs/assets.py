@@ -1,7 +1,8 @@
 """The sync pipeline as Dagster assets: Google -> raw tables -> memberships -> entitlements -> publish.
 
-Each connection of the config is a partition. Every stage is staged in DuckDB and audited by blocking
-asset checks; ``published_directory`` makes all of a connection's tables visible in one transaction.
+Each registered connection (organisation) is a dynamic partition (partitions.py). Every stage is staged in
+the connection's DuckDB file and audited by blocking asset checks; ``published_directory`` makes all of a
+connection's tables visible in one transaction.
 """
 
 
@@ -20,7 +21,9 @@ from dirsync_pipeline.transforms.explain import explain_entitlements
 from dirsync_pipeline.google.client import DirectoryClient
 from dirsync_pipeline.defs.progress import FetchProgress
 from dirsync_pipeline.warehouse.replay import materialized_in_run, require_members_in_snapshot, restore_unmaterialized_stages
-from dirsync_pipeline.defs.resources import GoogleDirectoryResource, WarehouseResource
+from dirsync_pipeline.defs.outcome import QuarantinedFailure, recorded_outcome
+from dirsync_pipeline.defs.partitions import CONNECTIONS
+from dirsync_pipeline.defs.resources import ConnectionsResource, GoogleDirectoryResource, WarehouseResource
 from dirsync_pipeline.defs.run_report import sync_report_metadata
 from dirsync_pipeline.warehouse.retention import Retention, prune_connection
 from dirsync_pipeline.warehouse.safeguards import breaker_message, staged_removals
@@ -48,10 +51,6 @@ OWNERS = ["team:platform"]
 # Synced hourly: an asset older than two hours means a sync was missed or failed, and the UI marks it.
 SYNC_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=2))
 PREVIEW_ROWS = 5
-# Every asset writes the one DuckDB file, which allows a single writer. dagster.yaml gives this pool one slot
-# at run granularity, so a second sync, from any job (Sync Now, the schedule, "Materialize all"), waits in
-# Dagster's run queue until the first one ends.
-WAREHOUSE_POOL = "dirsync_warehouse"
 BREAKER_CHECK = "mass_removal_breaker"
 FETCH_STEP = "google_directory"  # the one step that calls Google: users, groups and members
 
@@ -189,30 +188,41 @@ def _mass_removal_check(
     return result, None if overridden else message, overridden
 
 
-def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    """The pipeline's assets, partitioned by connection id."""
-    common = dict(partitions_def=partitions, group_name=GROUP_NAME, owners=OWNERS, io_manager_key="staging_io_manager",
-                  freshness_policy=SYNC_FRESHNESS, pool=WAREHOUSE_POOL)
+COMMON = dict(partitions_def=CONNECTIONS, group_name=GROUP_NAME, owners=OWNERS, io_manager_key="staging_io_manager",
+              freshness_policy=SYNC_FRESHNESS)
 
-    def google_out(table: Table) -> dg.AssetOut:
-        return dg.AssetOut(key=table.asset_key, description=table.description, kinds={"google", "polars", "duckdb"},
-                           io_manager_key="staging_io_manager", group_name=GROUP_NAME, owners=OWNERS,
-                           freshness_policy=SYNC_FRESHNESS)
 
-    @dg.multi_asset(
-        name=FETCH_STEP, partitions_def=partitions, pool=WAREHOUSE_POOL,
-        outs={t.name: google_out(t) for t in (GOOGLE_USERS, GOOGLE_GROUPS, GOOGLE_GROUP_MEMBERS)},
-        check_specs=stage_check_specs(GOOGLE_USERS, GOOGLE_GROUPS, GOOGLE_GROUP_MEMBERS),
-        internal_asset_deps={GOOGLE_USERS.name: set(), GOOGLE_GROUPS.name: set(),
-                             GOOGLE_GROUP_MEMBERS.name: {GOOGLE_GROUPS.asset_key}},
-        description="Reads the directory from Google. users.list pages one after another (each needs the previous "
-                    "page's token), so they run alongside groups.list and members.list, under the same rate limiter.",
-    )
-    def google_directory(
-        context: dg.AssetExecutionContext, google: GoogleDirectoryResource, warehouse: WarehouseResource
-    ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-        connection = google.connection(context.partition_key)
-        repair_parquet_manifest(context, warehouse.warehouse, connection.id)
+def _google_out(table: Table) -> dg.AssetOut:
+    return dg.AssetOut(key=table.asset_key, description=table.description, kinds={"google", "polars", "duckdb"},
+                       io_manager_key="staging_io_manager", group_name=GROUP_NAME, owners=OWNERS,
+                       freshness_policy=SYNC_FRESHNESS)
+
+
+def enabled_connection(connections: ConnectionsResource, connection_id: str) -> ConnectionConfig:
+    """The connection's settings as registered now; a disabled connection is not synced (Sync Now included)."""
+    registered = connections.get(connection_id)
+    if not registered.enabled:
+        raise dg.Failure(description=f"connection {connection_id} is disabled, so it is not synced; enable it with "
+                                     f"`dirsync connections enable {connection_id}`")
+    return registered.config
+
+
+@dg.multi_asset(
+    name=FETCH_STEP, partitions_def=CONNECTIONS,
+    outs={t.name: _google_out(t) for t in (GOOGLE_USERS, GOOGLE_GROUPS, GOOGLE_GROUP_MEMBERS)},
+    check_specs=stage_check_specs(GOOGLE_USERS, GOOGLE_GROUPS, GOOGLE_GROUP_MEMBERS),
+    internal_asset_deps={GOOGLE_USERS.name: set(), GOOGLE_GROUPS.name: set(),
+                         GOOGLE_GROUP_MEMBERS.name: {GOOGLE_GROUPS.asset_key}},
+    description="Reads the directory from Google. users.list pages one after another (each needs the previous "
+                "page's token), so they run alongside groups.list and members.list, under the same rate limiter.",
+)
+def google_directory(
+    context: dg.AssetExecutionContext, connections: ConnectionsResource, google: GoogleDirectoryResource,
+    warehouse: WarehouseResource,
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    connection = enabled_connection(connections, context.partition_key)
+    with recorded_outcome(connections.registry, connection.id):
+        repair_parquet_manifest(context, warehouse.of(connection.id), connection.id)
         started = datetime.now(UTC).timestamp()
         with google.client(connection) as client, users_listed_alongside(client, connection) as users_listing:
             read = read_groups(context, client, connection, users_listing)
@@ -231,15 +241,17 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
                            **_api_metadata(client, started))
         yield from stage_check_results(GOOGLE_USERS, users, {})
 
-    @dg.asset(key=FILTERED_MEMBERSHIPS.asset_key, description=FILTERED_MEMBERSHIPS.description, kinds={"polars", "duckdb"},
-              ins={"users": dg.AssetIn(GOOGLE_USERS.asset_key), "groups": dg.AssetIn(GOOGLE_GROUPS.asset_key),
-                   "edges": dg.AssetIn(GOOGLE_GROUP_MEMBERS.asset_key)},
-              check_specs=stage_check_specs(FILTERED_MEMBERSHIPS), **common)
-    def filtered_memberships(
-        context: dg.AssetExecutionContext, google: GoogleDirectoryResource,
-        users: pl.DataFrame, groups: pl.DataFrame, edges: pl.DataFrame,
-    ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-        connection = google.connection(context.partition_key)
+
+@dg.asset(key=FILTERED_MEMBERSHIPS.asset_key, description=FILTERED_MEMBERSHIPS.description, kinds={"polars", "duckdb"},
+          ins={"users": dg.AssetIn(GOOGLE_USERS.asset_key), "groups": dg.AssetIn(GOOGLE_GROUPS.asset_key),
+               "edges": dg.AssetIn(GOOGLE_GROUP_MEMBERS.asset_key)},
+          check_specs=stage_check_specs(FILTERED_MEMBERSHIPS), **COMMON)
+def filtered_memberships(
+    context: dg.AssetExecutionContext, connections: ConnectionsResource,
+    users: pl.DataFrame, groups: pl.DataFrame, edges: pl.DataFrame,
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    connection = connections.get(context.partition_key).config
+    with recorded_outcome(connections.registry, connection.id):
         selected, _unknown = selected_group_ids(connection, groups)
         if GOOGLE_GROUP_MEMBERS.asset_key not in materialized_in_run(context.job_def):
             require_members_in_snapshot(groups, edges, selected)  # replay: the snapshot must cover the selection
@@ -251,14 +263,17 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         )
         yield from stage_check_results(FILTERED_MEMBERSHIPS, memberships, {GOOGLE_USERS: users, GOOGLE_GROUPS: groups})
 
-    @dg.asset(key=ROLE_MAPPED_ENTITLEMENTS.asset_key, description=ROLE_MAPPED_ENTITLEMENTS.description,
-              kinds={"polars", "duckdb"},
-              ins={"memberships": dg.AssetIn(FILTERED_MEMBERSHIPS.asset_key), "groups": dg.AssetIn(GOOGLE_GROUPS.asset_key)},
-              check_specs=stage_check_specs(ROLE_MAPPED_ENTITLEMENTS), **common)
-    def role_mapped_entitlements(
-        context: dg.AssetExecutionContext, google: GoogleDirectoryResource, memberships: pl.DataFrame, groups: pl.DataFrame
-    ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-        connection = google.connection(context.partition_key)
+
+@dg.asset(key=ROLE_MAPPED_ENTITLEMENTS.asset_key, description=ROLE_MAPPED_ENTITLEMENTS.description,
+          kinds={"polars", "duckdb"},
+          ins={"memberships": dg.AssetIn(FILTERED_MEMBERSHIPS.asset_key), "groups": dg.AssetIn(GOOGLE_GROUPS.asset_key)},
+          check_specs=stage_check_specs(ROLE_MAPPED_ENTITLEMENTS), **COMMON)
+def role_mapped_entitlements(
+    context: dg.AssetExecutionContext, connections: ConnectionsResource, memberships: pl.DataFrame,
+    groups: pl.DataFrame,
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    connection = connections.get(context.partition_key).config
+    with recorded_outcome(connections.registry, connection.id):
         mapping, unknown = resolve_role_mapping(groups, connection.mapped_roles())
         if unknown:
             context.log.warning(f"role_mapping names groups not in the directory: {unknown}")
@@ -275,17 +290,19 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         )
         yield from stage_check_results(ROLE_MAPPED_ENTITLEMENTS, entitlements, {FILTERED_MEMBERSHIPS: memberships})
 
-    @dg.asset(key=ENTITLEMENT_EXPLANATIONS.asset_key, description=ENTITLEMENT_EXPLANATIONS.description,
-              kinds={"polars", "duckdb"},
-              ins={"entitlements": dg.AssetIn(ROLE_MAPPED_ENTITLEMENTS.asset_key),
-                   "memberships": dg.AssetIn(FILTERED_MEMBERSHIPS.asset_key),
-                   "edges": dg.AssetIn(GOOGLE_GROUP_MEMBERS.asset_key), "groups": dg.AssetIn(GOOGLE_GROUPS.asset_key)},
-              check_specs=stage_check_specs(ENTITLEMENT_EXPLANATIONS), **common)
-    def entitlement_explanations(
-        context: dg.AssetExecutionContext, google: GoogleDirectoryResource, entitlements: pl.DataFrame,
-        memberships: pl.DataFrame, edges: pl.DataFrame, groups: pl.DataFrame,
-    ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-        connection = google.connection(context.partition_key)
+
+@dg.asset(key=ENTITLEMENT_EXPLANATIONS.asset_key, description=ENTITLEMENT_EXPLANATIONS.description,
+          kinds={"polars", "duckdb"},
+          ins={"entitlements": dg.AssetIn(ROLE_MAPPED_ENTITLEMENTS.asset_key),
+               "memberships": dg.AssetIn(FILTERED_MEMBERSHIPS.asset_key),
+               "edges": dg.AssetIn(GOOGLE_GROUP_MEMBERS.asset_key), "groups": dg.AssetIn(GOOGLE_GROUPS.asset_key)},
+          check_specs=stage_check_specs(ENTITLEMENT_EXPLANATIONS), **COMMON)
+def entitlement_explanations(
+    context: dg.AssetExecutionContext, connections: ConnectionsResource, entitlements: pl.DataFrame,
+    memberships: pl.DataFrame, edges: pl.DataFrame, groups: pl.DataFrame,
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    connection = connections.get(context.partition_key).config
+    with recorded_outcome(connections.registry, connection.id):
         mapping, _unknown = resolve_role_mapping(groups, connection.mapped_roles())
         explanations = explain_entitlements(
             entitlements, memberships, edges, groups, mapping,
@@ -298,25 +315,28 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         )
         yield from stage_check_results(ENTITLEMENT_EXPLANATIONS, explanations, {ROLE_MAPPED_ENTITLEMENTS: entitlements})
 
-    @dg.asset(
-        key="published_directory", partitions_def=partitions, group_name=GROUP_NAME, owners=OWNERS,
-        freshness_policy=SYNC_FRESHNESS, pool=WAREHOUSE_POOL,
-        deps=[t.asset_key for t in SYNC_TABLES], kinds={"duckdb"},
-        check_specs=[dg.AssetCheckSpec(
-            BREAKER_CHECK, asset="published_directory", blocking=True,
-            description="Mass-removal circuit breaker: the sync may not remove more than the configured share "
-                        "(default 20%) of the published users, memberships or entitlements.",
-        )],
-        description="Publishes the connection's audited stages to raw.* and core.* in one DuckDB transaction. "
-                    "Runs only when every blocking check passed; validates the stages replayed from the last "
-                    "snapshot and applies the mass-removal breaker first.",
-    )
-    def published_directory(
-        context: dg.AssetExecutionContext, config: PublishConfig, warehouse: WarehouseResource,
-        google: GoogleDirectoryResource,
-    ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-        connection = google.connection(context.partition_key)
-        store = warehouse.warehouse
+
+@dg.asset(
+    key="published_directory", partitions_def=CONNECTIONS, group_name=GROUP_NAME, owners=OWNERS,
+    freshness_policy=SYNC_FRESHNESS,
+    deps=[t.asset_key for t in SYNC_TABLES], kinds={"duckdb"},
+    check_specs=[dg.AssetCheckSpec(
+        BREAKER_CHECK, asset="published_directory", blocking=True,
+        description="Mass-removal circuit breaker: the sync may not remove more than the configured share "
+                    "(default 20%) of the published users, memberships or entitlements.",
+    )],
+    description="Publishes the connection's audited stages to raw.* and core.* in one DuckDB transaction, then "
+                "hands readers an immutable copy. Runs only when every blocking check passed; validates the stages "
+                "replayed from the last snapshot and applies the mass-removal breaker first.",
+)
+def published_directory(
+    context: dg.AssetExecutionContext, config: PublishConfig, connections: ConnectionsResource,
+    warehouse: WarehouseResource,
+) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
+    connection = connections.get(context.partition_key).config
+    registry = connections.registry
+    store = warehouse.of(connection.id)
+    with recorded_outcome(registry, connection.id):
         repair_parquet_manifest(context, store, connection.id)
         replayed = restore_unmaterialized_stages(store, connection.id, materialized_in_run(context.job_def))
         if replayed:
@@ -332,25 +352,27 @@ def build_sync_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         breaker, blocked, overridden = _mass_removal_check(connection, store, allow=config.allow_mass_removal)
         yield breaker
         if blocked:
-            raise dg.Failure(description=blocked)
+            raise QuarantinedFailure(description=blocked)
         if overridden:
             context.log.warning("mass-removal breaker overridden by run config (allow_mass_removal)")
         context.log.info(f"{connection.id}: publishing {len(SYNC_TABLES)} tables and the sync's change events "
                          "in one transaction")
         counts = store.publish(connection.id, sync_id=context.run.run_id)
-        tables = {name: n for name, n in counts.items() if name != DIRECTORY_CHANGES.name}
-        context.log.info(f"{connection.id}: published {len(tables)} tables "
-                         f"({', '.join(f'{name} {n}' for name, n in tables.items())}) "
-                         f"and {counts[DIRECTORY_CHANGES.name]} change events")
-        yield dg.MaterializeResult(
-            metadata={f"published.{name}": n for name, n in counts.items()}
-            | {"sync_id": context.run.run_id, "mass_removal_override": overridden}
-            | _prune_parquet_sets(context, store, connection.id, warehouse.parquet_retention)
-            | sync_report_metadata(context, store, connection.id)
-        )
+        registry.record_published(connection.id, context.run.run_id, datetime.now(UTC))
+    tables = {name: n for name, n in counts.items() if name != DIRECTORY_CHANGES.name}
+    context.log.info(f"{connection.id}: published {len(tables)} tables "
+                     f"({', '.join(f'{name} {n}' for name, n in tables.items())}) "
+                     f"and {counts[DIRECTORY_CHANGES.name]} change events")
+    yield dg.MaterializeResult(
+        metadata={f"published.{name}": n for name, n in counts.items()}
+        | {"sync_id": context.run.run_id, "mass_removal_override": overridden}
+        | _prune_parquet_sets(context, store, connection.id, warehouse.parquet_retention)
+        | sync_report_metadata(context, store, connection.id)
+    )
 
-    return [google_directory, filtered_memberships, role_mapped_entitlements,
-            entitlement_explanations, published_directory]
+
+SYNC_ASSETS = [google_directory, filtered_memberships, role_mapped_entitlements, entitlement_explanations,
+               published_directory]
 
 
 def _prune_parquet_sets(

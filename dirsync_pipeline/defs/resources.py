@@ -2,6 +2,7 @@
 
 
 from collections.abc import Iterator
+from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -12,6 +13,7 @@ import polars as pl
 from pydantic import PrivateAttr
 
 from dirsync_pipeline.config import ConnectionConfig, load_config
+from dirsync_pipeline.registry import RegisteredConnection, Registry, open_registry
 from dirsync_pipeline.google.auth import build_credentials
 from dirsync_pipeline.google.client import DirectoryClient
 from dirsync_pipeline.google.endpoint import ensure_reachable
@@ -21,23 +23,35 @@ from dirsync_pipeline.warehouse.replay import materialized_in_run, restore_stage
 from dirsync_pipeline.warehouse.tables import TABLES_BY_ASSET_KEY
 from dirsync_pipeline.warehouse.store import Warehouse
 
+PARTITION_TAG = "dagster/partition"  # how a run names its partition (the connection)
+
 if TYPE_CHECKING:
     from dirsync_pipeline.emulator import DirectoryEmulator
 
 
+class ConnectionsResource(dg.ConfigurableResource):
+    """The connections registry of the warehouse a config names: read at every use, so an organisation added,
+    changed or disabled from the CLI counts at once, with no reload of the code location."""
+
+    config_path: str | None = None  # None: $DIRSYNC_CONFIG, else the embedded demo default
+    warehouse_dir: str  # the config's warehouse folder, resolved when the code location loaded
+
+    @property
+    def registry(self) -> Registry:
+        return open_registry(load_config(self.config_path), Path(self.warehouse_dir))
+
+    def get(self, connection_id: str) -> RegisteredConnection:
+        return self.registry.get(connection_id)
+
+
 class GoogleDirectoryResource(dg.ConfigurableResource):
-    """Opens Directory API clients for the connections of a dirsync config file.
+    """Opens Directory API clients for connections.
 
     A connection with an ``emulator:`` block is served by dirsync's built-in Directory API emulator,
     started on a free local port for the duration of the run; the client code is the same either way.
     """
 
-    config_path: str | None = None  # None: $DIRSYNC_CONFIG, else the embedded demo default
-
     _emulators: dict[str, "DirectoryEmulator"] = PrivateAttr(default_factory=dict)
-
-    def connection(self, connection_id: str) -> ConnectionConfig:
-        return load_config(self.config_path).connection(connection_id)
 
     @contextmanager
     def client(self, connection: ConnectionConfig) -> Iterator[DirectoryClient]:
@@ -88,10 +102,10 @@ class GoogleDirectoryResource(dg.ConfigurableResource):
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB file that holds staged and published tables, and the folder of the Parquet outputs."""
+    """The warehouse folder: each connection's DuckDB files, and the folder of the Parquet outputs."""
 
-    duckdb_path: str
-    parquet_dir: str | None = None  # None: next to the DuckDB file
+    warehouse_dir: str
+    parquet_dir: str | None = None  # None: <warehouse_dir>/parquet
     # The Parquet sets kept after each publish (warehouse/retention.py): warehouse.parquet_retention of the config.
     parquet_keep_last: int
     parquet_grace_minutes: float
@@ -100,15 +114,28 @@ class WarehouseResource(dg.ConfigurableResource):
     def parquet_retention(self) -> Retention:
         return Retention(self.parquet_keep_last, timedelta(minutes=self.parquet_grace_minutes))
 
-    @property
-    def warehouse(self) -> Warehouse:
-        return Warehouse(self.duckdb_path, self.parquet_dir)
+    def of(self, connection_id: str) -> Warehouse:
+        return Warehouse(self.warehouse_dir, connection_id, self.parquet_dir)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self.warehouse.hold()  # one DuckDB connection for the whole run
+        hold_for_run(self.of(run_connection(context)), context)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        self.warehouse.release()
+        self.of(run_connection(context)).release()
+
+
+def run_connection(context: dg.InitResourceContext) -> str:
+    """The connection (partition) a run syncs: every dirsync run is one connection's."""
+    partition = context.dagster_run.tags.get(PARTITION_TAG) if context.dagster_run else None
+    if not partition:
+        raise dg.Failure(description="a dirsync run syncs one connection: pick it as the partition "
+                                     "(Materialize all, then select a partition)")
+    return partition
+
+
+def hold_for_run(warehouse: Warehouse, context: dg.InitResourceContext) -> None:
+    """The run holds its connection's sync lock and one DuckDB connection until it ends (Warehouse.hold)."""
+    warehouse.hold(holder=f"run {context.run_id}", on_wait=context.log.warning)
 
 
 @dataclass
@@ -143,31 +170,34 @@ class StagingIOManager(dg.ConfigurableIOManager):
     between them (S2's peak RSS per step did not grow).
     """
 
-    duckdb_path: str
-    parquet_dir: str | None = None  # None: next to the DuckDB file
+    warehouse_dir: str
+    parquet_dir: str | None = None  # None: <warehouse_dir>/parquet
 
     # (run, asset, partition) stages already restored in this run: several steps load the same stage.
     _restored: set[tuple[str, dg.AssetKey, str]] = PrivateAttr(default_factory=set)
     # (run, asset, partition) stages this run wrote, until the last of the run's steps that load them has.
     _kept: dict[tuple[str, dg.AssetKey, str], _Kept] = PrivateAttr(default_factory=dict)
 
+    def of(self, connection_id: str) -> Warehouse:
+        return Warehouse(self.warehouse_dir, connection_id, self.parquet_dir)
+
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        Warehouse(self.duckdb_path, self.parquet_dir).hold()  # shares the run's connection with the warehouse
+        hold_for_run(self.of(run_connection(context)), context)  # shares the run's connection with the warehouse
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self._kept.clear()  # after a failed step, the steps that would have loaded its inputs never ran
-        Warehouse(self.duckdb_path, self.parquet_dir).release()
+        self.of(run_connection(context)).release()
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         table = TABLES_BY_ASSET_KEY[context.asset_key]
-        Warehouse(self.duckdb_path, self.parquet_dir).stage(table, context.partition_key, obj)
+        self.of(context.partition_key).stage(table, context.partition_key, obj)
         if loads := loads_in_run(context.step_context.job_def, context.asset_key):
             self._kept[(context.run_id, context.asset_key, context.partition_key)] = _Kept(table.typed(obj), loads)
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         table = TABLES_BY_ASSET_KEY[context.asset_key]
-        warehouse = Warehouse(self.duckdb_path, self.parquet_dir)
         partition = context.asset_partition_key
+        warehouse = self.of(partition)
         key = (context.step_context.run_id, context.asset_key, partition)
         if (kept := self._kept.get(key)) is not None:
             kept.loads -= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import stat
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def build_credentials(config: CredentialsConfig) -> Credentials:
         return AnonymousCredentials()
     if config.type == "adc":
         return _application_default(config.subject)
+    if config.env is not None:
+        return _from_environment(config)
     assert config.file is not None  # guaranteed by CredentialsConfig
     if config.type == "authorized_user" and not config.file.exists():
         raise AuthorizationError(
@@ -51,9 +54,32 @@ def build_credentials(config: CredentialsConfig) -> Credentials:
         ) from None
 
 
+def _from_environment(config: CredentialsConfig) -> Credentials:
+    """The JSON key held by the environment variable ``config.env`` (named in errors, never its value)."""
+    kind = "service account key" if config.type == "service_account" else "authorized-user token"
+    text = os.environ.get(config.env or "")
+    if not text:
+        raise AuthorizationError(f"credentials.env names {config.env}, which is not set in this process's "
+                                 f"environment; set it to the {kind} JSON (e.g. from a Kubernetes secret)")
+    try:
+        info = json.loads(text)
+        if config.type == "service_account":
+            return service_account.Credentials.from_service_account_info(
+                info, scopes=list(READONLY_SCOPES), subject=config.subject)
+        return _authorized_user_info(info)
+    except (ValueError, KeyError) as exc:
+        raise AuthorizationError(
+            f"environment variable {config.env} does not hold a usable {kind} JSON ({type(exc).__name__}); "
+            "set it to the whole JSON key"
+        ) from None
+
+
 def _authorized_user(path: Path) -> Credentials:
-    """Refresh-token credentials; a ``token_uri`` in the file is honoured (google-auth ignores it)."""
-    info = json.loads(path.read_text())
+    return _authorized_user_info(json.loads(path.read_text()))
+
+
+def _authorized_user_info(info: dict) -> Credentials:
+    """Refresh-token credentials; a ``token_uri`` in the key is honoured (google-auth ignores it)."""
     credentials = user_credentials.Credentials.from_authorized_user_info(info, scopes=list(READONLY_SCOPES))
     return credentials.with_token_uri(info["token_uri"]) if info.get("token_uri") else credentials
 

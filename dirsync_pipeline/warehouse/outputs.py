@@ -3,11 +3,13 @@
 Layout (hive-partitioned by connection)::
 
     <parquet_dir>/connection_id=<id>/manifest.json          <- the current set; replaced atomically
-    <parquet_dir>/connection_id=<id>/sync-<sync_id>/*.parquet + manifest.json
+    <parquet_dir>/connection_id=<id>/sync-<sync_id>/*.parquet + manifest.json + warehouse.duckdb
 
 A set is written completely under a temporary name, renamed into place, and only then named by the
 connection's manifest (``os.replace``), so a reader that resolves the manifest once never sees half a
-set and never waits for a lock. The sets double as the raw snapshots that replay (``dirsync remap``)
+set and never waits for a lock. ``warehouse.duckdb`` is the connection's whole DuckDB warehouse as that
+sync published it (history and change events included), an immutable copy that readers attach
+(warehouse/reader.py). The sets double as the raw snapshots that replay (``dirsync remap``)
 recomputes from without calling Google.
 """
 
@@ -40,6 +42,7 @@ from dirsync_pipeline.warehouse.tables import (
 )
 
 MANIFEST = "manifest.json"
+WAREHOUSE_COPY = "warehouse.duckdb"  # in each set: the connection's published DuckDB file, for readers
 # File name (without .parquet) -> the published table it holds. `changes` holds only the sync's own events.
 OUTPUT_FILES: dict[str, Table] = {
     "users": GOOGLE_USERS,
@@ -131,7 +134,8 @@ class _VersionWriter:
 
     def finish(self, files: dict[str, dict], published_at: datetime) -> PendingVersion:
         manifest = {"schema_version": SCHEMA_VERSION, "connection_id": self.connection_id, "sync_id": self.sync_id,
-                    "published_at": published_at.isoformat(), "files": {name: files[name] for name in OUTPUT_FILES}}
+                    "published_at": published_at.isoformat(), "files": {name: files[name] for name in OUTPUT_FILES},
+                    "duckdb": f"{self.final.name}/{WAREHOUSE_COPY}"}
         (self.partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
         shutil.rmtree(self.final, ignore_errors=True)  # a re-executed publish of the same run replaces its own set
         self.partial.rename(self.final)
@@ -150,10 +154,15 @@ def current_manifest(parquet_dir: Path, connection_id: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def current_manifests(parquet_dir: Path) -> list[dict]:
+    """The current manifest of every published connection, each read once (a consistent view of each)."""
+    return [json.loads(p.read_text()) for p in sorted(parquet_dir.glob(f"connection_id=*/{MANIFEST}"))]
+
+
 def current_files(parquet_dir: Path, name: str) -> list[Path]:
     """The current file ``name`` (e.g. ``entitlements``) of every connection, for one consistent read each."""
-    manifests = (json.loads(p.read_text()) for p in sorted(parquet_dir.glob(f"connection_id=*/{MANIFEST}")))
-    return [connection_dir(parquet_dir, m["connection_id"]) / m["files"][name]["path"] for m in manifests]
+    return [connection_dir(parquet_dir, m["connection_id"]) / m["files"][name]["path"]
+            for m in current_manifests(parquet_dir)]
 
 
 def read_snapshot(parquet_dir: Path, connection_id: str, sync_id: str, table: Table) -> pl.DataFrame:

@@ -1,15 +1,27 @@
-"""DuckDB warehouse with write-audit-publish: stages are written aside, published in one transaction.
+"""One connection's DuckDB warehouse with write-audit-publish: stages are written aside, published in one
+transaction, then handed to readers as an immutable copy.
 
-Each pipeline stage writes its rows for one connection into ``staging.<schema>__<table>``. Consumers
-read ``raw.*`` and ``core.*``, which change only when ``publish`` copies every staged table of a
-connection in a single transaction, after all checks passed. A failed check, an exception or a killed
-process therefore leaves the published tables exactly as they were.
+Every connection (organisation) has its own files under ``<warehouse>/connections/<id>/``, so syncs of
+different organisations never wait for each other's DuckDB lock:
+
+- ``warehouse.duckdb``: the connection's ``raw.*`` and ``core.*`` tables, its history and change events;
+  written only by the connection's sync (one at a time: ``sync_lock``);
+- ``staging.duckdb``, attached as ``staging``: each stage's rows (``staging.<schema>__<table>``).
+
+Published tables change only when ``publish`` copies every staged table in a single transaction, after all
+checks passed. A failed check, an exception or a killed process leaves them exactly as they were. After the
+COMMIT the checkpointed file is copied into the sync's Parquet set, and the connection's manifest then names
+both at once (outputs.py): readers (warehouse/reader.py) attach that copy, never the live file, so they are
+never refused and never see half a sync.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +31,26 @@ import polars as pl
 
 from dirsync_pipeline.warehouse.changes import DirectoryState
 from dirsync_pipeline.config import default_parquet_dir
-from dirsync_pipeline.warehouse.outputs import current_manifest, published_version
+from dirsync_pipeline.warehouse.outputs import WAREHOUSE_COPY, connection_dir, current_manifest, published_version
 from dirsync_pipeline.warehouse.publication import Publication, manifest_not_replaced, nothing_published
-from dirsync_pipeline.warehouse.tables import DIRECTORY_CHANGES, HISTORY_TABLES, SYNC_LOG, SYNC_LOG_COUNTED, SYNC_TABLES, Table
+from dirsync_pipeline.warehouse.tables import (
+    DIRECTORY_CHANGES,
+    HISTORY_TABLES,
+    SYNC_LOG,
+    SYNC_LOG_COUNTED,
+    SYNC_TABLES,
+    Table,
+    sql_literal,
+)
 
-STAGING_SCHEMA = "staging"
+STAGING_SCHEMA = "staging"  # the attached staging file's alias
+CONNECTIONS_DIR = "connections"
 
 
 @dataclass
 class _Held:
     conn: duckdb.DuckDBPyConnection
+    lock: SyncLock
     holders: int = 0
 
 
@@ -40,10 +62,21 @@ def staging_name(table: Table) -> str:
     return f"{STAGING_SCHEMA}.{table.schema}__{table.name}"
 
 
+def connection_files(root: Path, connection_id: str) -> Path:
+    """The folder of one connection's DuckDB files (and its sync lock)."""
+    return root / CONNECTIONS_DIR / connection_id
+
+
 class Warehouse:
-    def __init__(self, duckdb_path: str | Path, parquet_dir: str | Path | None = None):
-        self.path = Path(duckdb_path)
-        self.parquet_dir = Path(parquet_dir) if parquet_dir else default_parquet_dir(self.path)
+    """One connection's tables, in the warehouse folder ``root``."""
+
+    def __init__(self, root: str | Path, connection_id: str, parquet_dir: str | Path | None = None):
+        self.root = Path(root)
+        self.connection_id = connection_id
+        self.folder = connection_files(self.root, connection_id)
+        self.path = self.folder / "warehouse.duckdb"
+        self.staging_path = self.folder / "staging.duckdb"
+        self.parquet_dir = Path(parquet_dir) if parquet_dir else default_parquet_dir(self.root)
 
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -58,16 +91,21 @@ class Warehouse:
         finally:
             conn.close()
 
-    def hold(self) -> None:
-        """Keep one connection open until the matching ``release``: a run's steps share it.
+    def hold(self, holder: str = "", on_wait: Callable[[str], None] = print) -> None:
+        """Take the connection's sync lock and keep one DuckDB connection open until the matching ``release``:
+        a run's steps share it, and it is the file's only writer.
 
         Opening and closing the file costs a checkpoint each time (~30 ms); a sync used to do it ~40 times.
-        Dagster runs one sync at a time per warehouse (the dirsync_warehouse pool), and the run is the writer.
         """
         key = self.path.resolve()
         with _held_lock:
             if key not in _held:
-                _held[key] = _Held(self._open(read_only=False))
+                lock = SyncLock(self.folder / "sync.lock", self.connection_id).acquire(holder, on_wait)
+                try:
+                    _held[key] = _Held(self._open(read_only=False), lock)
+                except BaseException:
+                    lock.release()
+                    raise
             _held[key].holders += 1
 
     def release(self) -> None:
@@ -80,14 +118,16 @@ class Warehouse:
             if held.holders == 0:
                 del _held[key]
                 held.conn.close()
+                held.lock.release()
 
     def _open(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
         if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(parents=True, exist_ok=True)
         conn = duckdb.connect(str(self.path), read_only=read_only)
         try:
             conn.execute("SET TimeZone = 'UTC'")
             if not read_only:
+                conn.execute(f"ATTACH {sql_literal(str(self.staging_path))} AS {STAGING_SCHEMA}")
                 self._ensure_tables(conn)
         except BaseException:
             conn.close()
@@ -96,7 +136,7 @@ class Warehouse:
 
     @staticmethod
     def _ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
-        for schema in ("raw", "core", STAGING_SCHEMA):
+        for schema in ("raw", "core"):
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         for table in SYNC_TABLES:
             conn.execute(table.ddl())
@@ -124,7 +164,8 @@ class Warehouse:
 
         The same transaction first appends the sync's change events and advances the history (from the
         published rows to the staged ones, before the copy replaces them); the Parquet set is written
-        before the COMMIT and becomes the current one right after it (publication.py).
+        before the COMMIT. Right after it the committed file is copied into the set for readers, and the
+        set becomes the current one (publication.py).
         """
         counts: dict[str, int] = {}
         previous = self.manifest_sync_id(connection_id)
@@ -133,10 +174,24 @@ class Warehouse:
         except Exception as exc:  # nothing committed: the transaction rolled back, the manifest never moved
             raise nothing_published(connection_id, sync_id, previous, exc) from exc
         try:
+            if publication.version is not None:
+                self._copy_for_readers(publication.version.directory)
             publication.activate()
         except Exception as exc:
             raise manifest_not_replaced(self.parquet_dir, connection_id, sync_id, previous, exc) from exc
         return counts | {DIRECTORY_CHANGES.name: events}
+
+    def _copy_for_readers(self, set_directory: Path) -> None:
+        """Put the committed warehouse file, checkpointed (nothing left in its WAL), into the sync's set.
+
+        The run is the file's only writer and writes nothing during the copy, so the copy is exactly the
+        published state; it is written aside and renamed, so a reader never attaches half a file.
+        """
+        with self.connect() as conn:
+            conn.execute("CHECKPOINT")
+            partial = set_directory / f".{WAREHOUSE_COPY}.partial"
+            shutil.copyfile(self.path, partial)
+            os.replace(partial, set_directory / WAREHOUSE_COPY)
 
     def manifest_sync_id(self, connection_id: str) -> str | None:
         """The sync that the connection's Parquet manifest names (None before the first)."""
@@ -154,8 +209,25 @@ class Warehouse:
         version = published_version(self.parquet_dir, connection_id, last[0][0])
         if version is None:
             return None
+        if not (version.directory / WAREHOUSE_COPY).is_file():  # nothing was written since that publish
+            self._copy_for_readers(version.directory)
         version.activate()
         return last[0][0]
+
+    @contextmanager
+    def sync_lock(self, holder: str, on_wait: Callable[[str], None]) -> Iterator[None]:
+        """Hold the connection's sync lock for a block (``dirsync connections remove``), as a run does."""
+        lock = SyncLock(self.folder / "sync.lock", self.connection_id).acquire(holder, on_wait)
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def purge(self) -> None:
+        """Delete every row of the connection: its DuckDB files (history and change events included) and its
+        Parquet sets. Readers that attached a copy before keep their open file until they close it."""
+        shutil.rmtree(connection_dir(self.parquet_dir, self.connection_id), ignore_errors=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def _publish_transaction(self, connection_id: str, sync_id: str, counts: dict[str, int]) -> tuple[Publication, int]:
         """The publish's one transaction, committed; ``counts`` receives the published row counts."""
@@ -178,6 +250,42 @@ class Warehouse:
                     [connection_id, sync_id, publication.published_at, *(counts[t.name] for t in SYNC_LOG_COUNTED)],
                 )
         return publication, events
+
+
+class SyncLock:
+    """One sync (or removal) of a connection at a time, across processes: an advisory lock on a file.
+
+    Dagster's queue already runs one run per connection at a time (dagster.yaml); this also covers two
+    `dirsync sync` started by hand. The second says who holds the lock (``on_wait``) and waits for it; the
+    operating system releases it when its holder dies, so a killed sync never leaves it behind.
+    """
+
+    def __init__(self, path: Path, connection_id: str):
+        self.path, self.connection_id = path, connection_id
+        self._handle = None
+
+    def acquire(self, holder: str, on_wait: Callable[[str], None]) -> SyncLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            on_wait(f"another sync of {self.connection_id} is running ({handle.read().strip() or 'holder unknown'}); "
+                    "waiting for it to end")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}{', ' + holder if holder else ''}")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.truncate(0)
+            self._handle.close()  # closing the file releases the lock
+            self._handle = None
 
 
 @contextmanager
