@@ -17,6 +17,7 @@ import copy
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -209,6 +210,10 @@ def _grpc_healthy(stack: Stack) -> bool:
     from dagster._grpc.client import DagsterGrpcClient
 
     try:
+        socket.create_connection(("127.0.0.1", stack.grpc_port), timeout=1).close()
+    except OSError:
+        return False  # not listening yet (asking gRPC now would log a connection error)
+    try:
         return DagsterGrpcClient(port=stack.grpc_port, host="127.0.0.1").health_check_query() == "SERVING"
     except Exception:
         return False
@@ -260,5 +265,23 @@ def connection_file(path: Path, connection_id: str, endpoint: str, **settings) -
     return path
 
 
-def now() -> float:
-    return time.time()
+def backdate_hourly_schedule(stack: Stack, seconds: float) -> tuple[str, str]:
+    """Mark hourly_directory_sync as started ``seconds`` ago, with no tick since, in the instance's schedule
+    storage: a daemon started now runs the tick it missed (the last :00), as after a daemon outage.
+    Returns the schedule's (origin id, selector id), to read its ticks."""
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus, ScheduleInstigatorData
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+    assert "daemon" not in stack.processes, "the daemon keeps its own last tick in memory: stop it first"
+    with stack.instance() as instance, \
+            WorkspaceProcessContext(instance, WorkspaceFileTarget([str(stack.home / "workspace.yaml")])) as context:
+        location = context.create_request_context().get_code_location(LOCATION)
+        (repository,) = location.get_repositories().values()
+        schedule = repository.get_schedule("hourly_directory_sync")
+        state = InstigatorState(schedule.get_remote_origin(), InstigatorType.SCHEDULE, InstigatorStatus.RUNNING,
+                                ScheduleInstigatorData(schedule.cron_schedule, start_timestamp=time.time() - seconds))
+        stored = instance.get_instigator_state(schedule.get_remote_origin_id(), schedule.selector_id)
+        (instance.update_instigator_state if stored else instance.add_instigator_state)(state)
+        return schedule.get_remote_origin_id(), schedule.selector_id

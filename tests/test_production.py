@@ -15,8 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -25,6 +23,7 @@ from tests.postgres_cluster import wait_until
 from tests.production_stack import (
     BIN,
     REPO,
+    backdate_hourly_schedule,
     connection_file,
     dagster_stack,
     run_failure_reason,
@@ -142,25 +141,18 @@ def test_two_syncs_of_one_organisation_never_overlap(stack):
 def test_hourly_schedule_tick_runs_each_enabled_organisation(stack):
     """The daemon was down over the hour (an upgrade, say): back up, it runs the missed tick of
     hourly_directory_sync from its state in Postgres, one run per enabled organisation."""
-    from dagster._core.definitions.run_request import InstigatorType
-    from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus, ScheduleInstigatorData
-
     assert stack.dirsync("connections", "disable", "globex").returncode == 0
     stack.stop("daemon")
-    hour_ago = time.time() - 3600 - 120  # started before the last :00
-    with stack.instance() as instance, _remote_schedule(stack, instance) as schedule:
-        state = InstigatorState(schedule.get_remote_origin(), InstigatorType.SCHEDULE, InstigatorStatus.RUNNING,
-                                ScheduleInstigatorData(schedule.cron_schedule, start_timestamp=hour_ago))
-        stored = instance.get_instigator_state(schedule.get_remote_origin_id(), schedule.selector_id)
-        (instance.update_instigator_state if stored else instance.add_instigator_state)(state)
-        before = {r.dagster_run.run_id for r in runs(stack, **{"dirsync/trigger": "schedule"})}
-        stack.start_daemon()
-        scheduled = wait_until(lambda: [r for r in runs(stack, **{"dirsync/trigger": "schedule"})
-                                        if r.dagster_run.run_id not in before] or None, 120, 1, "the schedule's tick")
-        ticks = instance.get_ticks(schedule.get_remote_origin_id(), schedule.selector_id)
+    origin_id, selector_id = backdate_hourly_schedule(stack, 3600 + 120)  # started before the last :00
+    before = {r.dagster_run.run_id for r in runs(stack, **{"dirsync/trigger": "schedule"})}
+    stack.start_daemon()
+    scheduled = wait_until(lambda: [r for r in runs(stack, **{"dirsync/trigger": "schedule"})
+                                    if r.dagster_run.run_id not in before] or None, 120, 1, "the schedule's tick")
     records = wait_for_runs(stack, [r.dagster_run.run_id for r in scheduled], RUN_SECONDS)
     assert_succeeded(stack, records)
     assert [r.dagster_run.tags["dagster/partition"] for r in records] == ["acme"], "globex is disabled"
+    with stack.instance() as instance:
+        ticks = instance.get_ticks(origin_id, selector_id)
     assert ticks and ticks[0].status.value == "SUCCESS" and ticks[0].run_ids == [records[0].dagster_run.run_id]
     assert stack.dirsync("connections", "enable", "globex").returncode == 0
 
@@ -174,25 +166,3 @@ def test_cli_sync_is_recorded_in_the_deployment_postgres(stack):
     assert_succeeded(stack, [record])
     assert record.dagster_run.run_id in synced.stdout
 
-
-class _remote_schedule:
-    """hourly_directory_sync as the daemon sees it: loaded from the code server over gRPC."""
-
-    def __init__(self, stack, instance):
-        from dagster._core.workspace.context import WorkspaceProcessContext
-        from dagster._core.workspace.load_target import WorkspaceFileTarget
-
-        self._context = WorkspaceProcessContext(instance, WorkspaceFileTarget([str(stack.home / "workspace.yaml")]))
-
-    def __enter__(self):
-        context = self._context.__enter__()
-        location = context.create_request_context().get_code_location("dirsync_pipeline")
-        (repository,) = location.get_repositories().values()
-        return repository.get_schedule("hourly_directory_sync")
-
-    def __exit__(self, *exc):
-        return self._context.__exit__(*exc)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__, "-x", "-v"]))
