@@ -14,14 +14,12 @@ Used by tests/test_production.py and bench/many_orgs.py.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ import psutil
 import yaml
 
 from tests.postgres_cluster import PostgresCluster, free_port, wait_until
+from tests.test_dagster_dev import graphql
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -123,12 +122,7 @@ class Stack:
                               text=True, timeout=timeout)
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
-        body = json.dumps({"query": query, "variables": variables or {}}).encode()
-        request = urllib.request.Request(f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            payload = json.loads(response.read())
-        assert "errors" not in payload, payload
-        return payload["data"]
+        return graphql(self.url, query, variables)
 
     def launch_sync_now(self, connection_id: str) -> str:
         """Sync Now from the UI: launch directory_sync for one partition; it goes through the run queue."""

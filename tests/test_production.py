@@ -114,6 +114,11 @@ def test_added_organisations_sync_side_by_side_and_are_recorded_in_postgres(stac
         assert {status for _, status in cursor.fetchall()} == {"SUCCESS"}
         cursor.execute("SELECT partition FROM dynamic_partitions WHERE partitions_def_name = 'connections'")
         assert {row[0] for row in cursor.fetchall()} == set(ORGS)
+        # docs/scaling.md sizes Postgres on "a few hundred event-log rows per sync"
+        cursor.execute("SELECT run_id, count(*) FROM event_logs WHERE run_id = ANY(%s) GROUP BY run_id",
+                       ([r.dagster_run.run_id for r in records],))
+        rows_per_run = dict(cursor.fetchall())
+        assert all(50 < n < 1000 for n in rows_per_run.values()), rows_per_run
 
     listed = json.loads(stack.dirsync("connections", "list", "--json").stdout)
     assert {c["id"]: c["last_synced_at"] is not None for c in listed} == {org: True for org in ORGS}
