@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-import duckdb
 import yaml
 
 from bench.measure import Measured, run_measured
-from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.config import CONFIG_ENV_VAR
 from dirsync_pipeline.emulator.service import API_ENDPOINTS, STATS_PATH
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.warehouse.tables import (
     FILTERED_MEMBERSHIPS,
     GOOGLE_GROUP_MEMBERS,
@@ -181,12 +180,12 @@ def run_sync(config_path: Path, emulator: EmulatorProcess, *, timeout_seconds: f
     after = emulator.stats()
     requests = {e: after["requests"].get(e, 0) - before["requests"].get(e, 0) for e in API_ENDPOINTS}
     faults = {k: n - before["faults"].get(k, 0) for k, n in after["faults"].items() if n - before["faults"].get(k, 0)}
-    published = published_counts(config_path.parent / "dirsync.duckdb") if measured.ok else {}
+    published = published_counts(config_path.parent) if measured.ok else {}
     return SyncRun(measured, {e: n for e, n in requests.items() if n}, faults, window.seconds, published)
 
 
-def published_counts(duckdb_path: Path) -> dict[str, int]:
-    with reader.connect(duckdb_path) as conn:
+def published_counts(warehouse_dir: Path) -> dict[str, int]:
+    with reader.connect(warehouse_dir) as conn:
         return {
             table.name: conn.execute(f"SELECT count(*) FROM {table.qualified_name} WHERE connection_id = ?",
                                      [CONNECTION_ID]).fetchone()[0]

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from dirsync_pipeline.defs.partitions import CONNECTIONS
-
 from dirsync_pipeline.emulator import Directory, DirectoryEmulator, generate_directory
 
 

@@ -6,8 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import duckdb
-
 from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.warehouse.outputs import MANIFEST
 

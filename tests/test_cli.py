@@ -8,18 +8,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
-
-from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory
+from dirsync_pipeline.warehouse import reader
 from tests.conftest import write_config
 
 DIRSYNC = [sys.executable, "-m", "dirsync_pipeline.cli"]
 
 
+def cli_env(env: dict | None = None) -> dict[str, str]:
+    """The environment of a user's shell: no DIRSYNC_CONFIG or DAGSTER_HOME unless the test sets them."""
+    return {k: v for k, v in os.environ.items() if k not in ("DIRSYNC_CONFIG", "DAGSTER_HOME")} | (env or {})
+
+
 def dirsync(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k not in ("DIRSYNC_CONFIG", "DAGSTER_HOME")} | (env or {})
-    return subprocess.run([*DIRSYNC, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=180)
+    return subprocess.run([*DIRSYNC, *args], cwd=cwd, env=cli_env(env), capture_output=True, text=True, timeout=180)
 
 
 def test_demo_publishes_the_embedded_default_and_prints_a_summary(tmp_path):

@@ -133,6 +133,9 @@ def test_syncs_keep_the_configured_number_of_parquet_sets(tmp_path, emulator):
     assert len(sets) == 2  # keep_last counts the current set
     current = current_manifest(tmp_path / "parquet", "acme")
     assert f"sync-{current['sync_id']}" in sets
+    # the published DuckDB copy readers attach stays only in the current set (grace 0): it is a set's largest file
+    with_copy = [p.parent.name for p in (tmp_path / "parquet" / "connection_id=acme").glob("sync-*/warehouse.duckdb")]
+    assert with_copy == [f"sync-{current['sync_id']}"]
 
 
 def test_prune_dry_run_removes_nothing_and_keep_last_0_is_refused(tmp_path, emulator):

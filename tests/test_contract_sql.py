@@ -11,9 +11,9 @@ import pandera.polars as pa
 import polars as pl
 import pytest
 
-from dirsync_pipeline.warehouse.tables import HISTORY_TABLES, SYNC_LOG, SYNC_TABLES, Column, Table
 from dirsync_pipeline.warehouse.publication import PublishFailedError
 from dirsync_pipeline.warehouse.store import Warehouse
+from dirsync_pipeline.warehouse.tables import HISTORY_TABLES, SYNC_LOG, SYNC_TABLES, Column, Table
 from tests.test_changes import entitlements, groups, memberships, users
 
 TABLES = (*SYNC_TABLES, SYNC_LOG, *HISTORY_TABLES)

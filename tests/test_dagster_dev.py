@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
-from dirsync_pipeline.warehouse import reader
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import duckdb
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    body = json.dumps({"query": query, "variables": variables or {}}).encode()
-    request = urllib.request.Request(f"{url}/graphql", data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        payload = json.loads(response.read())
-    assert "errors" not in payload, payload
-    return payload["data"]
+from bench.dagster_dev import graphql, running_dagster_dev, wait_for_location
+from dirsync_pipeline.warehouse import reader
 
 
 @pytest.fixture(scope="module")
@@ -44,52 +18,6 @@ def dagster_dev(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     home = tmp_path_factory.mktemp("dagster_dev")
     with running_dagster_dev(home) as url:
         yield url, home
-
-
-@contextmanager
-def running_dagster_dev(home: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`dagster dev` in ``home`` (with the repo's dagster.yaml) until the block ends; yields its URL."""
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    port = free_port()
-    environment = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "DIRSYNC_CONFIG")} | (env or {})
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-        cwd=home, env=environment, stdout=open(home / "dagster.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if graphql(url, "{ version }")["version"]:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"dagster dev did not answer: {(home / 'dagster.log').read_text()[-3000:]}")
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # the orphaned code server lives on otherwise
-        except ProcessLookupError:
-            pass
-
-
-def wait_for_location(url: str) -> dict:
-    query = """{ repositoriesOrError { __typename ... on RepositoryConnection { nodes { name
-        location { name } jobs { name } schedules { name cronSchedule scheduleState { status } } } } } }"""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        data = graphql(url, query)["repositoriesOrError"]
-        if data.get("nodes"):
-            return data["nodes"][0]
-        time.sleep(1)
-    pytest.fail("the code location never loaded")
 
 
 def test_ui_shows_graph_checks_schedule_and_job(dagster_dev):
@@ -108,8 +36,19 @@ def test_ui_shows_graph_checks_schedule_and_job(dagster_dev):
     assert keys["core/role_mapped_entitlements"]["hasAssetChecks"]
 
 
+def wait_for_partition(url: str, partition: str) -> None:
+    """Until the connections sensor has made ``partition`` a partition (its first tick after the daemon starts)."""
+    query = """{ assetNodes(assetKeys: [{path: ["published_directory"]}]) { partitionKeys } }"""
+    deadline = time.monotonic() + 90
+    while partition not in graphql(url, query)["assetNodes"][0]["partitionKeys"]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the connections sensor never added the partition {partition}")
+        time.sleep(1)
+
+
 def launch_sync_now(url: str, *, materialize_all: bool = False, partition: str = "demo") -> dict:
     """Sync Now for the demo connection: the directory_sync job, or the asset graph's "Materialize all"."""
+    wait_for_partition(url, partition)
     selector = {"repositoryLocationName": "dirsync_pipeline", "repositoryName": "__repository__", "jobName": "directory_sync"}
     if materialize_all:
         nodes = graphql(url, "{ assetNodes { assetKey { path } } }")["assetNodes"]
@@ -146,7 +85,7 @@ def test_sync_now_from_the_ui_runs_through_the_queue_and_publishes(dagster_dev):
 
 
 def test_two_syncs_of_one_connection_never_write_at_once(dagster_dev):
-    """Sync Now + "Materialize all" at once: the second run waits in Dagster's run queue (the warehouse pool)."""
+    """Sync Now + "Materialize all" at once: the second run waits in Dagster's run queue (one run per partition)."""
     url, home = dagster_dev
     wait_for_location(url)
     first, second = launch_sync_now(url), launch_sync_now(url, materialize_all=True)

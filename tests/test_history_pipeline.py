@@ -11,10 +11,8 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
-import duckdb
-
-from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.emulator import Directory, DirectoryEmulator, generate_directory
+from dirsync_pipeline.warehouse import reader
 from tests.conftest import write_config
 from tests.oracle import expected_entitlements, expected_memberships
 from tests.test_pipeline import MAPPING, SELECTED, connection, run_sync

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import polars as pl
 import pytest
 from dagster._core.definitions.freshness import FreshnessState
@@ -16,16 +15,16 @@ from dagster._core.definitions.freshness_evaluator import TimeWindowFreshnessPol
 from dagster._core.loader import LoadingContextForTest
 from dagster._core.test_utils import freeze_time
 
-from dirsync_pipeline.warehouse import reader
-from dirsync_pipeline.defs.assets import SYNC_FRESHNESS
-from dirsync_pipeline.defs import checks
-from dirsync_pipeline.defs.checks import Outcome
 from dirsync_pipeline.definitions import build_definitions
+from dirsync_pipeline.defs import checks
+from dirsync_pipeline.defs.assets import SYNC_FRESHNESS
+from dirsync_pipeline.defs.checks import Outcome
+from dirsync_pipeline.defs.progress import FetchProgress
 from dirsync_pipeline.emulator import DirectoryEmulator, ScriptedFault, generate_directory
 from dirsync_pipeline.google.retry import ApiStats
-from dirsync_pipeline.defs.progress import FetchProgress
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.warehouse.tables import EVENTS, GOOGLE_GROUPS, GOOGLE_USERS
-from tests.conftest import write_config, instance_with
+from tests.conftest import instance_with, write_config
 
 API_ENDPOINTS = ("users.list", "groups.list", "members.list", "groups.get", "users.get")
 

@@ -8,17 +8,23 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import duckdb
 import polars as pl
 import pytest
 
-from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory
-from dirsync_pipeline.warehouse.outputs import MANIFEST, OUTPUT_FILES, current_files, current_manifest, version_alongside, version_dir
-from dirsync_pipeline.warehouse.tables import DIRECTORY_CHANGES, SCHEMA_VERSION
+from dirsync_pipeline.warehouse import reader
+from dirsync_pipeline.warehouse.outputs import (
+    MANIFEST,
+    OUTPUT_FILES,
+    current_files,
+    current_manifest,
+    version_alongside,
+    version_dir,
+)
 from dirsync_pipeline.warehouse.store import Warehouse, staging_name
+from dirsync_pipeline.warehouse.tables import DIRECTORY_CHANGES, SCHEMA_VERSION
 from tests.conftest import write_config
 from tests.test_pipeline import connection, run_sync
 

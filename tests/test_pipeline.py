@@ -5,19 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 
-from dirsync_pipeline.warehouse import reader
+from dirsync_pipeline.config import load_config
+from dirsync_pipeline.definitions import build_definitions
 from dirsync_pipeline.defs.assets import SYNC_ASSETS
 from dirsync_pipeline.defs.checks import publish_gate_failures
-from dirsync_pipeline.definitions import build_definitions
-from dirsync_pipeline.emulator import DirectoryEmulator, FaultPlan, Member, ScriptedFault, generate_directory
 from dirsync_pipeline.defs.resources import StagingIOManager, loads_in_run
-from dirsync_pipeline.warehouse.tables import GOOGLE_GROUP_MEMBERS, GOOGLE_GROUPS, GOOGLE_USERS, SYNC_TABLES, TABLES_BY_ASSET_KEY
-from dirsync_pipeline.registry import Registry
+from dirsync_pipeline.emulator import DirectoryEmulator, FaultPlan, Member, ScriptedFault, generate_directory
+from dirsync_pipeline.registry import open_registry
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.warehouse.store import Warehouse
-from tests.conftest import write_config, instance_with
+from dirsync_pipeline.warehouse.tables import (
+    GOOGLE_GROUP_MEMBERS,
+    GOOGLE_GROUPS,
+    GOOGLE_USERS,
+    SYNC_TABLES,
+    TABLES_BY_ASSET_KEY,
+)
+from tests.conftest import instance_with, write_config
 from tests.oracle import expected_entitlements, expected_memberships
 
 SELECTED = ["all-staff@acme.test", "engineering@acme.test", "admins@acme.test", "everyone-nested@acme.test"]
@@ -163,13 +169,15 @@ def test_definitions_load_and_schedule_fans_out_over_enabled_connections(tmp_pat
     schedule = defs.resolve_schedule_def("hourly_directory_sync")
     assert schedule.cron_schedule == "0 * * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    Registry(tmp_path / "registry.sqlite").set_enabled("beta", False)
+    open_registry(load_config(config)).set_enabled("beta", False)
     from datetime import UTC, datetime
 
-    instance = instance_with("acme", "beta", "gamma")
-    with dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 28, 15, 0, tzinfo=UTC),
-                                   repository_def=defs.get_repository_def()) as context:
-        requests = schedule.evaluate_tick(context).run_requests
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("connections", ["acme", "beta", "gamma"])
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 28, 15, 0, tzinfo=UTC),
+                                       resources={"connections": defs.resources["connections"]},
+                                       repository_def=defs.get_repository_def()) as context:
+            requests = schedule.evaluate_tick(context).run_requests
     assert [(r.partition_key, r.tags["dirsync/trigger"]) for r in requests] == [("acme", "schedule"), ("gamma", "schedule")]
     assert len({r.run_key for r in requests}) == 2
 

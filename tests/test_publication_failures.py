@@ -16,12 +16,12 @@ import dagster as dg
 import duckdb
 import pytest
 
-from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.cli.sync import failure_messages, partly_published
 from dirsync_pipeline.definitions import build_definitions
-from dirsync_pipeline.emulator import DirectoryEmulator
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.warehouse.outputs import current_manifest
-from tests.conftest import write_config, instance_with
+from dirsync_pipeline.warehouse.store import Warehouse
+from tests.conftest import instance_with, write_config
 from tests.published_state import published_state
 
 REAL_CONNECT = duckdb.connect
@@ -128,14 +128,18 @@ def test_a_manifest_that_cannot_be_replaced_says_what_was_published_and_the_next
     monkeypatch.undo()
     text = message(result)
     assert partly_published(result)
-    assert f"sync {result.run_id} of acme was published to DuckDB (raw.*, core.*, its change events and history)" in text
-    assert "[Errno 30] Read-only file system" in text and f"Parquet readers still see sync {first_sync}" in text
+    assert f"sync {result.run_id} of acme was committed to its DuckDB file (raw.*, core.*, its change events" in text
+    assert "[Errno 30] Read-only file system" in text and f"the Parquet files) still see sync {first_sync}" in text
     assert "nothing was published" not in text
-    with reader.connect(db) as conn:  # the message against the state
+    with Warehouse(db, "acme").connect(read_only=True) as conn:  # the message against the state
         logged = [r[0] for r in conn.execute("SELECT sync_id FROM core.sync_log ORDER BY published_at").fetchall()]
     assert logged == [first_sync, result.run_id]
-    assert current_manifest(db.parent / "parquet", "acme")["sync_id"] == first_sync
+    with reader.connect(db) as conn:
+        assert conn.execute("SELECT sync_id FROM core.sync_log").fetchall() == [(first_sync,)]
+    assert current_manifest(db / "parquet", "acme")["sync_id"] == first_sync
 
     emulator.faults.api_disabled = True  # the next sync fails at Google, yet repairs the manifest first
     assert not sync(config).success
-    assert current_manifest(db.parent / "parquet", "acme")["sync_id"] == result.run_id
+    assert current_manifest(db / "parquet", "acme")["sync_id"] == result.run_id
+    with reader.connect(db) as conn:
+        assert {r[0] for r in conn.execute("SELECT sync_id FROM core.sync_log").fetchall()} == {first_sync, result.run_id}

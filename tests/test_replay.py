@@ -6,15 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 
-from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.cli import main
 from dirsync_pipeline.cli.sync import failure_messages, mass_removal_override
 from dirsync_pipeline.definitions import build_definitions
 from dirsync_pipeline.emulator import DirectoryEmulator, generate_directory
+from dirsync_pipeline.warehouse import reader
+from dirsync_pipeline.warehouse.store import Warehouse
 from dirsync_pipeline.warehouse.tables import GOOGLE_ASSET_KEYS, SYNC_TABLES
-from tests.conftest import write_config, instance_with
+from tests.conftest import instance_with, write_config
 from tests.oracle import expected_entitlements
 from tests.test_pipeline import MAPPING, SELECTED, connection, published, run_sync
 
@@ -125,7 +125,7 @@ def test_a_failed_sync_records_nothing_and_downstream_only_runs_replay_the_snaps
     assert counts(db, HISTORY) == history_before, "a sync that publishes nothing records no event and no history"
     assert (outputs / "manifest.json").read_text() == manifest and sorted(outputs.iterdir()) == sets, \
         "no new Parquet set, and the manifest still names the last published one"
-    with reader.connect(db) as conn:
+    with Warehouse(db, "acme").connect() as conn:
         assert conn.execute("SELECT count(*) FROM staging.raw__google_users WHERE primary_email LIKE 'late.joiner%'"
                             ).fetchall() == [(1,)], "the failed run left its stages behind"
 

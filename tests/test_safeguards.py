@@ -8,16 +8,15 @@ import sys
 import time
 from pathlib import Path
 
-import dagster as dg
 import duckdb
 import polars as pl
 
-from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.definitions import build_definitions
 from dirsync_pipeline.emulator import DirectoryEmulator, FaultPlan, generate_directory
+from dirsync_pipeline.warehouse import reader
 from dirsync_pipeline.warehouse.safeguards import removal
 from dirsync_pipeline.warehouse.tables import GOOGLE_USERS, SYNC_TABLES
-from tests.conftest import write_config, instance_with
+from tests.conftest import instance_with, write_config
 from tests.oracle import expected_entitlements
 from tests.test_pipeline import published, run_sync, snapshot
 

@@ -54,7 +54,7 @@ def test_secrets_never_appear_in_any_output(tmp_path):
     assert {g["grant_type"] for g in grants} >= {"urn:ietf:params:oauth:grant-type:jwt-bearer", "refresh_token"}
     outputs = [(Path("stdout"), ok.stdout + failed.stdout), (Path("stderr"), ok.stderr + failed.stderr)]
     outputs += everything_written(work, tmp_path / "dagster_home")
-    assert any(p.name == "dirsync.duckdb" for p, _ in outputs)
+    assert any(p.name == "warehouse.duckdb" for p, _ in outputs) and any(p.name == "registry.sqlite" for p, _ in outputs)
     assert any(p.suffix == ".db" for p, _ in outputs), "the Dagster event log was checked"
     for path, data in outputs:
         assert private_key_body.encode() not in data, f"private key in {path}"

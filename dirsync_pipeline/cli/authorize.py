@@ -43,4 +43,4 @@ def cmd_authorize(args: argparse.Namespace) -> int:
         admin=args.admin, timeout_seconds=args.timeout,
     )
     print(f"saved the refresh token to {saved.token_file} (mode 600); checking the connection:", flush=True)
-    return 0 if check_and_print(args.config, connection) else 1
+    return 0 if check_and_print(connection) else 1

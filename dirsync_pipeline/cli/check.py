@@ -6,8 +6,8 @@ import argparse
 
 from dirsync_pipeline.cli.options import add_config_args, open_config_registry, selected_connection_ids
 from dirsync_pipeline.config import ConnectionConfig
-from dirsync_pipeline.google.preflight import check_connection
 from dirsync_pipeline.defs.resources import GoogleDirectoryResource
+from dirsync_pipeline.google.preflight import check_connection
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:

@@ -64,11 +64,12 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
+    _config, registry = open_config_registry(args)
+    registry.get(args.id)  # an unknown id first: the file may be right for another connection
     connection = load_connection_file(args.file, default_id=args.id)
     if connection.id != args.id:
         raise RegistryError(f"{args.file} is for connection {connection.id!r}, not {args.id!r}; fix its `id` or "
                             "leave it out")
-    _config, registry = open_config_registry(args)
     registry.update(connection)
     print(f"connection {args.id} updated: the next sync uses the new settings (`dirsync sync --connection {args.id}` "
           "now, or the hourly schedule)")

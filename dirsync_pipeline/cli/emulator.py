@@ -27,6 +27,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     emulator.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 5xx")
     emulator.add_argument("--rate-limit-qps", type=float, default=None, help="answer 429 above this rate (None: no limit)")
     emulator.add_argument("--directory-file", help="serve this saved directory (JSON) instead of generating one")
+    emulator.add_argument("--require-auth", action="store_true",
+                          help="answer 401 to a request without an access token this emulator issued, as Google does "
+                               "(a connection with credentials type none is refused)")
     emulator.set_defaults(command=cmd_emulator)
 
 
@@ -35,7 +38,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         serve_forever(
             users=args.users, groups=args.groups, port=args.port, seed=args.seed, host=args.host,
             latency_ms=args.latency_ms, error_rate=args.error_rate, rate_limit_qps=args.rate_limit_qps,
-            directory_file=args.directory_file,
+            directory_file=args.directory_file, require_auth=args.require_auth,
         )
     except OSError as exc:
         print(f"dirsync: {cannot_serve(args, exc)}", file=sys.stderr)

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 
 import dagster as dg
+from dagster._utils.error import SerializableErrorInfo
 
 from dirsync_pipeline.cli.heap import freeze_long_lived
 from dirsync_pipeline.cli.options import add_config_args, open_config_registry, selected_connection_ids
@@ -71,8 +72,8 @@ def run_connections(
     if failed:
         print(f"dirsync: {what} failed for {failed}; the last published data is unchanged", file=sys.stderr)
     if partly:
-        print(f"dirsync: {what} of {partly} published to DuckDB but not to Parquet (see above); the next sync "
-              "repairs the Parquet manifest", file=sys.stderr)
+        print(f"dirsync: {what} of {partly} committed but not yet visible to readers (see above); the next sync "
+              "repairs the manifest", file=sys.stderr)
     return 1 if failed or partly else 0
 
 
@@ -158,11 +159,18 @@ def failure_messages(result: dg.JobExecutionResult) -> list[str]:
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error
-            cause = error.cause or error
-            # "package.module.SomeError: what to do" -> "what to do": the class path helps no operator
-            explanation = CLASS_PREFIX.sub("", cause.message.strip())
-            messages.append(f"step {event.step_key} failed: {explanation}")
+            messages.append(f"step {event.step_key} failed: {_explanation(error.cause or error)}")
+        elif event.is_run_failure and not messages and (error := event.event_specific_data.error) is not None:
+            while error.cause is not None:  # the OS's or DuckDB's own words, not Dagster's wrapper
+                error = error.cause
+            messages.append(f"the run failed before its first step: {_explanation(error)} (a resource could not "
+                            "start: check warehouse.path and that this process may write there)")
     return messages or ["the run failed; see the Dagster run log"]
+
+
+def _explanation(error: SerializableErrorInfo) -> str:
+    """"package.module.SomeError: what to do" -> "what to do": the class path helps no operator."""
+    return CLASS_PREFIX.sub("", error.message.strip())
 
 
 def partly_published(result: dg.JobExecutionResult) -> bool:

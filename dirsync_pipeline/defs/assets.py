@@ -15,18 +15,29 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import polars as pl
 
-from dirsync_pipeline.defs.checks import publish_gate_failures, stage_check_results, stage_check_specs
 from dirsync_pipeline.config import ConnectionConfig
-from dirsync_pipeline.transforms.explain import explain_entitlements
-from dirsync_pipeline.google.client import DirectoryClient
-from dirsync_pipeline.defs.progress import FetchProgress
-from dirsync_pipeline.warehouse.replay import materialized_in_run, require_members_in_snapshot, restore_unmaterialized_stages
+from dirsync_pipeline.defs.checks import publish_gate_failures, stage_check_results, stage_check_specs
 from dirsync_pipeline.defs.outcome import QuarantinedFailure, recorded_outcome
 from dirsync_pipeline.defs.partitions import CONNECTIONS
+from dirsync_pipeline.defs.progress import FetchProgress
 from dirsync_pipeline.defs.resources import ConnectionsResource, GoogleDirectoryResource, WarehouseResource
 from dirsync_pipeline.defs.run_report import sync_report_metadata
+from dirsync_pipeline.google.client import DirectoryClient
+from dirsync_pipeline.transforms.directory import (
+    filtered_memberships as expand_memberships,
+    resolve_group_keys,
+    resolve_role_mapping,
+    role_mapped_entitlements as map_roles,
+)
+from dirsync_pipeline.transforms.explain import explain_entitlements
+from dirsync_pipeline.warehouse.replay import (
+    materialized_in_run,
+    require_members_in_snapshot,
+    restore_unmaterialized_stages,
+)
 from dirsync_pipeline.warehouse.retention import Retention, prune_connection
 from dirsync_pipeline.warehouse.safeguards import breaker_message, staged_removals
+from dirsync_pipeline.warehouse.store import Warehouse
 from dirsync_pipeline.warehouse.tables import (
     DIRECTORY_CHANGES,
     ENTITLEMENT_EXPLANATIONS,
@@ -37,13 +48,6 @@ from dirsync_pipeline.warehouse.tables import (
     ROLE_MAPPED_ENTITLEMENTS,
     SYNC_TABLES,
     Table,
-)
-from dirsync_pipeline.warehouse.store import Warehouse
-from dirsync_pipeline.transforms.directory import (
-    filtered_memberships as expand_memberships,
-    resolve_group_keys,
-    resolve_role_mapping,
-    role_mapped_entitlements as map_roles,
 )
 
 GROUP_NAME = "directory"
@@ -359,13 +363,16 @@ def published_directory(
                          "in one transaction")
         counts = store.publish(connection.id, sync_id=context.run.run_id)
         registry.record_published(connection.id, context.run.run_id, datetime.now(UTC))
+        serialised = registry.write_seconds
     tables = {name: n for name, n in counts.items() if name != DIRECTORY_CHANGES.name}
     context.log.info(f"{connection.id}: published {len(tables)} tables "
                      f"({', '.join(f'{name} {n}' for name, n in tables.items())}) "
                      f"and {counts[DIRECTORY_CHANGES.name]} change events")
     yield dg.MaterializeResult(
         metadata={f"published.{name}": n for name, n in counts.items()}
-        | {"sync_id": context.run.run_id, "mass_removal_override": overridden}
+        | {"sync_id": context.run.run_id, "mass_removal_override": overridden,
+           # the run's registry writes: the only part of a sync serialised with other organisations' syncs
+           "serialised_seconds": round(serialised, 4)}
         | _prune_parquet_sets(context, store, connection.id, warehouse.parquet_retention)
         | sync_report_metadata(context, store, connection.id)
     )

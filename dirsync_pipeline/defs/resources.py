@@ -1,11 +1,11 @@
 """Dagster resources: where the directory comes from, and where the tables go."""
 
 
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -13,15 +13,15 @@ import polars as pl
 from pydantic import PrivateAttr
 
 from dirsync_pipeline.config import ConnectionConfig, load_config
-from dirsync_pipeline.registry import RegisteredConnection, Registry, open_registry
 from dirsync_pipeline.google.auth import build_credentials
 from dirsync_pipeline.google.client import DirectoryClient
 from dirsync_pipeline.google.endpoint import ensure_reachable
 from dirsync_pipeline.google.retry import RateLimiter, RetryPolicy
-from dirsync_pipeline.warehouse.retention import Retention
+from dirsync_pipeline.registry import REGISTRY_FILE, RegisteredConnection, Registry
 from dirsync_pipeline.warehouse.replay import materialized_in_run, restore_stage
-from dirsync_pipeline.warehouse.tables import TABLES_BY_ASSET_KEY
+from dirsync_pipeline.warehouse.retention import Retention
 from dirsync_pipeline.warehouse.store import Warehouse
+from dirsync_pipeline.warehouse.tables import TABLES_BY_ASSET_KEY
 
 PARTITION_TAG = "dagster/partition"  # how a run names its partition (the connection)
 
@@ -36,9 +36,15 @@ class ConnectionsResource(dg.ConfigurableResource):
     config_path: str | None = None  # None: $DIRSYNC_CONFIG, else the embedded demo default
     warehouse_dir: str  # the config's warehouse folder, resolved when the code location loaded
 
+    _registry: Registry | None = PrivateAttr(default=None)
+
     @property
     def registry(self) -> Registry:
-        return open_registry(load_config(self.config_path), Path(self.warehouse_dir))
+        """The registry, with the config file's connections registered as the file is now (a no-op when they are)."""
+        if self._registry is None:
+            self._registry = Registry(Path(self.warehouse_dir) / REGISTRY_FILE)
+        self._registry.register_config(load_config(self.config_path))
+        return self._registry
 
     def get(self, connection_id: str) -> RegisteredConnection:
         return self.registry.get(connection_id)
@@ -118,24 +124,32 @@ class WarehouseResource(dg.ConfigurableResource):
         return Warehouse(self.warehouse_dir, connection_id, self.parquet_dir)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        hold_for_run(self.of(run_connection(context)), context)
+        hold_for_run(self.of, context)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        self.of(run_connection(context)).release()
+        release_for_run(self.of, context)
 
 
-def run_connection(context: dg.InitResourceContext) -> str:
-    """The connection (partition) a run syncs: every dirsync run is one connection's."""
-    partition = context.dagster_run.tags.get(PARTITION_TAG) if context.dagster_run else None
+def run_connection(context: dg.InitResourceContext) -> str | None:
+    """The connection (partition) a run syncs: every dirsync run is one connection's (None: not in a run)."""
+    if context.dagster_run is None:
+        return None
+    partition = context.dagster_run.tags.get(PARTITION_TAG)
     if not partition:
         raise dg.Failure(description="a dirsync run syncs one connection: pick it as the partition "
                                      "(Materialize all, then select a partition)")
     return partition
 
 
-def hold_for_run(warehouse: Warehouse, context: dg.InitResourceContext) -> None:
+def hold_for_run(warehouse: Callable[[str], Warehouse], context: dg.InitResourceContext) -> None:
     """The run holds its connection's sync lock and one DuckDB connection until it ends (Warehouse.hold)."""
-    warehouse.hold(holder=f"run {context.run_id}", on_wait=context.log.warning)
+    if (connection_id := run_connection(context)) is not None:
+        warehouse(connection_id).hold(holder=f"run {context.run_id}", on_wait=context.log.warning)
+
+
+def release_for_run(warehouse: Callable[[str], Warehouse], context: dg.InitResourceContext) -> None:
+    if (connection_id := run_connection(context)) is not None:
+        warehouse(connection_id).release()
 
 
 @dataclass
@@ -182,11 +196,11 @@ class StagingIOManager(dg.ConfigurableIOManager):
         return Warehouse(self.warehouse_dir, connection_id, self.parquet_dir)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        hold_for_run(self.of(run_connection(context)), context)  # shares the run's connection with the warehouse
+        hold_for_run(self.of, context)  # shares the run's connection with the warehouse
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self._kept.clear()  # after a failed step, the steps that would have loaded its inputs never ran
-        self.of(run_connection(context)).release()
+        release_for_run(self.of, context)
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         table = TABLES_BY_ASSET_KEY[context.asset_key]

@@ -209,6 +209,7 @@ def serve_forever(
     error_rate: float = 0.0,
     rate_limit_qps: float | None = None,
     directory_file: str | None = None,
+    require_auth: bool = False,
 ) -> None:
     """Run an emulator in the foreground (for `dirsync emulator`) until Ctrl-C or SIGTERM."""
     directory = (
@@ -220,7 +221,7 @@ def serve_forever(
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with DirectoryEmulator(directory, host=host, port=port, faults=faults) as emulator:
+    with DirectoryEmulator(directory, host=host, port=port, faults=faults, require_auth=require_auth) as emulator:
         print(
             f"Directory API emulator on {emulator.url} ({len(directory.active_users())} users, "
             f"{len(directory.groups)} groups, customer {directory.customer_id})",

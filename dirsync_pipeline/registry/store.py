@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ CREATE TABLE IF NOT EXISTS connections (
   updated_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS connection_events (
-  at TEXT NOT NULL, connection_id TEXT NOT NULL, event TEXT NOT NULL, detail TEXT
+  occurred_at TEXT NOT NULL, connection_id TEXT NOT NULL, event TEXT NOT NULL, detail TEXT
 );
 CREATE TABLE IF NOT EXISTS removed_config_connections (id TEXT PRIMARY KEY, removed_at TEXT NOT NULL);
 """
@@ -99,15 +100,23 @@ def _settings(connection: ConnectionConfig) -> dict:
 class Registry:
     def __init__(self, path: Path):
         self.path = path
+        # Seconds this object spent in write transactions, waiting for the lock included: the one part of a
+        # sync that is serialised with other organisations' syncs (shown as sync metadata and in bench/).
+        self.write_seconds = 0.0
 
     @contextmanager
     def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction; a writer takes the lock at BEGIN, so read-then-write is never interleaved."""
-        if write:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         # Reading a registry that does not exist yet reads an empty one, and creates no file.
         target = self.path if write or self.path.exists() else ":memory:"
-        conn = sqlite3.connect(target, timeout=LOCK_WAIT_SECONDS, isolation_level=None)
+        started = time.perf_counter()
+        try:
+            if write:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(target, timeout=LOCK_WAIT_SECONDS, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise RegistryError(f"the connections registry cannot be created at {self.path} ({exc}): set "
+                                "warehouse.path to a folder this process can write") from None
         conn.row_factory = sqlite3.Row
         try:
             if write or target == ":memory:" or not _has_schema(conn):
@@ -129,6 +138,8 @@ class Registry:
             raise
         finally:
             conn.close()
+            if write:
+                self.write_seconds += time.perf_counter() - started
 
     def _unusable(self, exc: Exception) -> RegistryError:
         return RegistryError(f"the connections registry {self.path} cannot be read ({exc}): restore it from a "
@@ -152,7 +163,7 @@ class Registry:
 
     def events(self) -> list[dict]:
         with self._transaction(write=False) as conn:
-            return [dict(r) for r in conn.execute("SELECT * FROM connection_events ORDER BY at")]
+            return [dict(r) for r in conn.execute("SELECT * FROM connection_events ORDER BY occurred_at")]
 
     @staticmethod
     def _get(conn: sqlite3.Connection, connection_id: str) -> RegisteredConnection:

@@ -46,12 +46,13 @@ def nothing_published(connection_id: str, sync_id: str, previous: str | None, ca
 def manifest_not_replaced(
     parquet_dir: Path, connection_id: str, sync_id: str, previous: str | None, cause: BaseException
 ) -> PartlyPublishedError:
-    """What a publish whose manifest could not be replaced after the COMMIT left: DuckDB new, Parquet old."""
+    """What a publish whose manifest could not be replaced after the COMMIT left: the connection's DuckDB file
+    new, what readers see (its published copy and the Parquet files, both named by the manifest) old."""
     return PartlyPublishedError(
-        f"sync {sync_id} of {connection_id} was published to DuckDB (raw.*, core.*, its change events and history), "
-        f"but the Parquet manifest {connection_dir(parquet_dir, connection_id) / MANIFEST} could not be replaced "
-        f"({_cause(cause)}): Parquet readers still see {describe_sync(previous)}. The next sync of {connection_id} "
-        "repairs the manifest once the cause is fixed."
+        f"sync {sync_id} of {connection_id} was committed to its DuckDB file (raw.*, core.*, its change events and "
+        f"history), but the manifest {connection_dir(parquet_dir, connection_id) / MANIFEST} could not be replaced "
+        f"({_cause(cause)}): readers (dirsync query, the reader helper, the Parquet files) still see "
+        f"{describe_sync(previous)}. The next sync of {connection_id} publishes it to them once the cause is fixed."
     )
 
 

@@ -26,7 +26,7 @@ PUBLISHED_TABLES: tuple[Table, ...] = (*SYNC_TABLES, SYNC_LOG, *HISTORY_TABLES)
 CONNECTIONS_COLUMNS = {"id": pl.String, "enabled": pl.Boolean, "status": pl.String, "last_synced_at": pl.String,
                        "last_sync_id": pl.String, "last_error": pl.String, "source": pl.String,
                        "created_at": pl.String, "updated_at": pl.String}
-EVENTS_COLUMNS = {"at": pl.String, "connection_id": pl.String, "event": pl.String, "detail": pl.String}
+EVENTS_COLUMNS = {"occurred_at": pl.String, "connection_id": pl.String, "event": pl.String, "detail": pl.String}
 
 
 def connect(warehouse_dir: str | Path, parquet_dir: str | Path | None = None) -> duckdb.DuckDBPyConnection:

@@ -9,7 +9,9 @@ folder grows by ~0.5 GB a day at the hourly schedule. A set is kept while any of
   before may still be reading it.
 
 Everything else is deleted: a set is first renamed to a hidden name and then removed, so nobody ever sees
-half a set. A ``.sync-*.partial`` folder (a set being written) is left alone until it is ``grace`` old: by
+half a set. A kept set's ``warehouse.duckdb`` (the connection's whole published DuckDB file, which readers
+attach) stays only while the set is current or within ``grace`` of being replaced: it is the largest file of
+a set, and only the newest one is attached by new readers. A ``.sync-*.partial`` folder (a set being written) is left alone until it is ``grace`` old: by
 then it is the leftover of a publish that died.
 """
 
@@ -22,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from dirsync_pipeline.config import ParquetRetentionConfig
-from dirsync_pipeline.warehouse.outputs import MANIFEST, connection_dir, current_manifest
+from dirsync_pipeline.warehouse.outputs import MANIFEST, WAREHOUSE_COPY, connection_dir, current_manifest
 
 SET_PREFIX = "sync-"
 PRUNING_SUFFIX = ".pruning"
@@ -77,10 +79,15 @@ def sets_to_remove(sets: list[ParquetSet], current_sync_id: str | None, retentio
                    now: datetime) -> list[ParquetSet]:
     """The sets (oldest first) that no rule keeps; see the module's docstring."""
     newest = {s.sync_id for s in sets[-retention.keep_last:]} if retention.keep_last else set()
+    return [s for s in _replaced_long_ago(sets, current_sync_id, retention, now) if s.sync_id not in newest]
+
+
+def _replaced_long_ago(sets: list[ParquetSet], current_sync_id: str | None, retention: Retention,
+                       now: datetime) -> list[ParquetSet]:
+    """The sets that are not current and were replaced at least ``grace`` ago: no new reader starts on them."""
     replaced_at = {s.sync_id: successor.published_at for s, successor in zip(sets, sets[1:])}
     return [s for s in sets
-            if s.sync_id not in newest and s.sync_id != current_sync_id
-            and now - replaced_at.get(s.sync_id, now) >= retention.grace]
+            if s.sync_id != current_sync_id and now - replaced_at.get(s.sync_id, now) >= retention.grace]
 
 
 def prune_connection(parquet_dir: Path, connection_id: str, retention: Retention, *, dry_run: bool = False,
@@ -94,6 +101,8 @@ def prune_connection(parquet_dir: Path, connection_id: str, retention: Retention
     if not dry_run:
         for parquet_set in removed:
             _remove(parquet_set.directory)
+        for parquet_set in _replaced_long_ago(sets, manifest and manifest["sync_id"], retention, now):
+            (parquet_set.directory / WAREHOUSE_COPY).unlink(missing_ok=True)
         _remove_dead_partials(connection_dir(parquet_dir, connection_id), retention.grace, now)
     return Pruned([s for s in sets if s not in removed], removed, freed)
 

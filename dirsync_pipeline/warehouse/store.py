@@ -29,8 +29,8 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from dirsync_pipeline.warehouse.changes import DirectoryState
 from dirsync_pipeline.config import default_parquet_dir
+from dirsync_pipeline.warehouse.changes import DirectoryState
 from dirsync_pipeline.warehouse.outputs import WAREHOUSE_COPY, connection_dir, current_manifest, published_version
 from dirsync_pipeline.warehouse.publication import Publication, manifest_not_replaced, nothing_published
 from dirsync_pipeline.warehouse.tables import (
