@@ -8,7 +8,7 @@ The same three Dagster processes as deploy/docker-compose.yaml, on a Postgres cl
 All three, and every `dirsync` command a test runs, share a DAGSTER_HOME whose dagster.yaml is
 deploy/dagster.yaml (its settings from DAGSTER_POSTGRES_*), a workspace naming the gRPC server (as
 deploy/workspace.yaml does), and one DIRSYNC_CONFIG whose warehouse folder they all see.
-Used by tests/test_production.py and bench/many_orgs.py.
+Used by tests/test_production.py and bench/production_tick.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import psutil
 import yaml
 
 from tests.postgres_cluster import PostgresCluster, free_port, wait_until
-from tests.test_dagster_dev import graphql
+from bench.dagster_dev import graphql
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

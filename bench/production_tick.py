@@ -1,4 +1,4 @@
-"""Many organisations in one hourly tick, through Dagster's run queue: `.venv/bin/python bench/many_orgs.py`.
+"""Many organisations in one hourly tick through Dagster's run queue, as deployed: `.venv/bin/python bench/production_tick.py`.
 
 The deployment of deploy/ on this machine (tests/production_stack.py): a PostgreSQL cluster of Debian's
 packages, deploy/dagster.yaml (queued runs, one per organisation at a time, a global limit), the code
@@ -11,7 +11,7 @@ one run per organisation, and the queue works them off.
 Measured: how long the tick takes (tick to last run end), the global run limit (max_concurrent_runs) that
 finishes it soonest on this machine (a sweep on fewer organisations), the memory of each run's process
 (peak RSS), and the Directory API requests per organisation by directory size (the emulators' counters).
-Writes its own section of bench/RESULTS.md (between the many-orgs markers; the rest is untouched).
+Writes its own section of bench/RESULTS.md (between its markers; the rest is untouched).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from tests.production_stack import backdate_hourly_schedule, dagster_stack  # no
 # name -> (users, groups): directory sizes the organisations are spread over, round robin.
 SIZES = {"small": (100, 10), "medium": (500, 40), "large": (2000, 150)}
 LATENCY_MS = 50
-MARK_START, MARK_END = "<!-- many-orgs:start -->", "<!-- many-orgs:end -->"
+MARK_START, MARK_END = "<!-- production-tick: written by bench/production_tick.py -->", "<!-- /production-tick -->"
 
 
 @dataclass
@@ -93,7 +93,7 @@ def run_trial(cluster, emulators: dict[str, EmulatorProcess], orgs: int, concurr
         schedule_ids.extend(backdate_hourly_schedule(stack, 3600 + 120))
 
     before = {size: emulator.stats() for size, emulator in emulators.items()}
-    with tempfile.TemporaryDirectory(prefix="dirsync-many-orgs-") as workdir, \
+    with tempfile.TemporaryDirectory(prefix="dirsync-production-tick-") as workdir, \
             dagster_stack(Path(workdir), database, instance_overrides=overrides, before_daemon=prepare) as stack:
         done = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
         peaks: dict[int, int] = {}
@@ -146,7 +146,7 @@ def markdown(sweep: list[Trial], full: Trial, command: str) -> str:
     mb = 1e6
     lines = [
         MARK_START,
-        "## Many organisations: one hourly tick through the run queue (issue 13)",
+        "## Production tick: 200 organisations in one hourly tick through the run queue (issue 13)",
         "",
         f"`{command}`: the deployment of `deploy/` on this machine (2 cores, shared): PostgreSQL, "
         "deploy/dagster.yaml, the code location as a gRPC server (each run one of its subprocesses), "
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             sweep.append(trial)
         concurrency = args.concurrency or (min(sweep, key=lambda t: t.tick_seconds).concurrency if sweep else 2)
         full = run_trial(cluster, emulators, args.orgs, concurrency, args.timeout)
-    command = " ".join([".venv/bin/python bench/many_orgs.py", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join([".venv/bin/python bench/production_tick.py", *(argv if argv is not None else sys.argv[1:])])
     section = markdown(sweep, full, command)
     print(section)
     write_section(args.results, section)
