@@ -188,11 +188,11 @@ def markdown(sweep: list[Trial], full: Trial, command: str) -> str:
     best = min(sweep, key=lambda t: t.tick_seconds) if sweep else full
     lines += [
         "",
-        f"What it means: on 2 cores a run is mostly Dagster's and dirsync's start-up in a fresh process "
-        f"(~{statistics.median(full.run_seconds):.0f} s for a small directory), CPU-bound, so the tick finishes "
-        f"soonest near {best.concurrency} runs at once; more only adds memory and contention. "
-        f"At {full.runs_per_minute:.0f} runs/min this machine serves about {int(full.runs_per_minute * 60):d} "
-        "organisations per hourly tick. docs/scaling.md turns these figures into capacity. The machine's 2 cores "
+        f"What it means: on 2 cores a run is mostly Dagster's and dirsync's start-up in a fresh process, "
+        f"CPU-bound (median {statistics.median(full.run_seconds):.0f} s end to end with {full.concurrency} at once), "
+        f"so the tick finishes soonest near {best.concurrency} runs at once; more only adds memory and contention. "
+        f"At {full.runs_per_minute:.0f} runs/min this machine serves about {round(full.runs_per_minute * 60, -1):.0f} "
+        "organisations of these sizes per hourly tick. docs/scaling.md turns these figures into capacity. The machine's 2 cores "
         "may be shared with other work while it runs (they were for the figures above), so times are upper bounds; "
         "request counts and memory do not depend on it.",
         MARK_END,
