@@ -53,9 +53,12 @@ def clean_env() -> dict[str, str]:
 class EmulatorProcess:
     """`dirsync emulator` on a free port, with latency and rate limit; its counters over HTTP."""
 
-    def __init__(self, users: int, groups: int, *, seed: int, latency_ms: float, rate_limit_qps: float | None):
+    def __init__(self, users: int, groups: int, *, seed: int, latency_ms: float, rate_limit_qps: float | None,
+                 latency_max_ms: float | None = None):
         args = ["emulator", "--users", str(users), "--groups", str(groups), "--seed", str(seed), "--port", "0",
                 "--latency-ms", str(latency_ms)]
+        if latency_max_ms is not None:
+            args += ["--latency-max-ms", str(latency_max_ms)]
         if rate_limit_qps is not None:
             args += ["--rate-limit-qps", str(rate_limit_qps)]
         self._argv = dirsync_command(*args)
@@ -110,6 +113,7 @@ class ApiWindow:
 
     emulator: EmulatorProcess
     baseline: int
+    started: float = field(default_factory=time.monotonic)  # created as the measured process starts
     first_seen: float | None = None
     last_change: float | None = None
     _last_count: int = 0
@@ -125,6 +129,11 @@ class ApiWindow:
             self.first_seen = now
         if count != self._last_count:
             self._last_count, self.last_change = count, now
+
+    @property
+    def before_first(self) -> float | None:
+        """From the process's start to its first request: Python, Dagster and the step's set-up."""
+        return None if self.first_seen is None else self.first_seen - self.started
 
     @property
     def seconds(self) -> float | None:
@@ -145,6 +154,7 @@ class SyncRun:
     faults: dict[str, int]  # injected by the emulator during this run, e.g. {"429": 3}
     api_seconds: float | None
     published: dict[str, int]  # rows per published table
+    before_first_request: float | None = None
 
     @property
     def total_requests(self) -> int:
@@ -155,15 +165,16 @@ class SyncRun:
         return self.faults.get("429", 0)
 
 
-def write_config(workdir: Path, emulator: EmulatorProcess, *, max_concurrency: int, batch_size: int,
-                 rate_limit_qps: float | None, role_mapping: dict[str, list[str]], default_role: str) -> Path:
+def write_config(workdir: Path, emulator: EmulatorProcess, *, role_mapping: dict[str, list[str]], default_role: str,
+                 **settings: object) -> Path:
+    """A config of one connection to ``emulator``; ``settings`` (max_concurrency, rate_limit_qps...) left out
+    are dirsync's defaults."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = {
         "warehouse": {"path": str(workdir)},
         "connections": [{
             "id": CONNECTION_ID, "api_endpoint": emulator.url, "credentials": {"type": "none"},
-            "selected_groups": "all", "role_mapping": role_mapping, "default_role": default_role,
-            "max_concurrency": max_concurrency, "batch_size": batch_size, "rate_limit_qps": rate_limit_qps,
+            "selected_groups": "all", "role_mapping": role_mapping, "default_role": default_role, **settings,
         }],
     }
     path = workdir / "dirsync.yaml"
@@ -181,7 +192,8 @@ def run_sync(config_path: Path, emulator: EmulatorProcess, *, timeout_seconds: f
     requests = {e: after["requests"].get(e, 0) - before["requests"].get(e, 0) for e in API_ENDPOINTS}
     faults = {k: n - before["faults"].get(k, 0) for k, n in after["faults"].items() if n - before["faults"].get(k, 0)}
     published = published_counts(config_path.parent) if measured.ok else {}
-    return SyncRun(measured, {e: n for e, n in requests.items() if n}, faults, window.seconds, published)
+    return SyncRun(measured, {e: n for e, n in requests.items() if n}, faults, window.seconds, published,
+                   window.before_first)
 
 
 def published_counts(warehouse_dir: Path) -> dict[str, int]:

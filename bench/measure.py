@@ -38,12 +38,14 @@ class Measured:
 
 def run_measured(
     argv: Sequence[str], *, cwd: Path, env: dict[str, str], timeout_seconds: float,
-    on_tick: Callable[[], None] | None = None,
+    on_tick: Callable[[], None] | None = None, stdout: Path | None = None,
 ) -> Measured:
-    """Run ``argv`` to completion (killed after ``timeout_seconds``), calling ``on_tick`` between samples."""
-    with tempfile.TemporaryFile() as output:
+    """Run ``argv`` to completion (killed after ``timeout_seconds``), calling ``on_tick`` between samples.
+
+    ``stdout``: a file for the standard output (a peer's records), else it joins stderr in the output tail."""
+    with tempfile.TemporaryFile() as output, open(stdout or os.devnull, "wb") as records:
         started = time.monotonic()
-        process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=records if stdout else output, stderr=output)
         tree = psutil.Process(process.pid)
         peak, timed_out = 0, False
         while True:

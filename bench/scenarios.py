@@ -97,6 +97,7 @@ class Figures:
     min_requests: int | None = None
     rate_limited: int | None = None
     correct: bool | None = None
+    before_first_request: float | None = None
 
 
 @dataclass
@@ -138,7 +139,8 @@ def _judge(scenario: str, name: str, measured: str, passed: bool, *, timing: boo
 def _sync_figures(scenario: str, label: str, run: SyncRun, truth: Truth) -> Figures:
     m = run.measured
     return Figures(scenario, label, m.wall_seconds, m.cpu_seconds, m.peak_rss_bytes, run.api_seconds,
-                   run.total_requests, truth.min_requests, run.rate_limited, m.ok and run.published == truth.rows)
+                   run.total_requests, truth.min_requests, run.rate_limited, m.ok and run.published == truth.rows,
+                   run.before_first_request)
 
 
 def _sync_targets(scenario: str, label: str, run: SyncRun, truth: Truth, small: bool) -> list[Target]:
@@ -287,12 +289,20 @@ SCENARIOS: dict[str, Callable[[Sizes, Path], Outcome]] = {
 }
 
 
+def all_scenarios() -> dict[str, Callable[[Sizes, Path], Outcome]]:
+    """Issue 5's scenarios, then issue 14's (bench/quota.py, built on this module's pieces)."""
+    from bench.quota import QUOTA_SCENARIOS
+
+    return {**SCENARIOS, **QUOTA_SCENARIOS}
+
+
 def run_scenarios(names: list[str], sizes: Sizes, workdir: Path | None = None) -> Outcome:
     """Run the named scenarios one after another (never concurrently: they would share 2 cores)."""
     outcome = Outcome([], [])
+    scenarios = all_scenarios()
     with tempfile.TemporaryDirectory(prefix="dirsync-bench-") as scratch:
         for name in names:
-            result = SCENARIOS[name](sizes, workdir or Path(scratch))
+            result = scenarios[name](sizes, workdir or Path(scratch))
             outcome.figures += result.figures
             outcome.targets += result.targets
             outcome.details += result.details

@@ -28,9 +28,11 @@ def main() -> None:
     import dagster as dg  # imported after the sampler starts: import costs count too
 
     from dirsync_pipeline.cli import sync
+    from dirsync_pipeline.defs.partitions import CONNECTIONS
 
     job = dg.build_reconstructable_job(sync.__name__, sync.sync_job.__name__, reconstructable_args=(args.config, "directory_sync"))
     instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(CONNECTIONS.name, [args.connection])  # as `dirsync sync` does
     result = dg.execute_job(job, instance=instance, tags={sync.PARTITION_TAG: args.connection},  # as `dirsync sync` runs it
                             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
     starts = [(e.timestamp, e.step_key) for e in instance.all_logs(result.run_id)

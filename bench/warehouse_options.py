@@ -16,9 +16,9 @@ and sqlite extensions ship as pip packages (DuckDB cannot download extensions wi
         duckdb-extension-sqlite-scanner==1.5.5 pytz
 
 It is found at /tmp/ducklake-venv/bin/python, or named with --ducklake-python (--ducklake-python '' skips
-it). Scratch files go to --workdir (default /tmp/warehouse-options, deleted first; ~1.5 GB at peak).
---duration sets the seconds of each concurrent-readers test (default 20); --quick shrinks everything
-for a smoke test.
+it). Scratch files go to --workdir (default /tmp/warehouse-options, deleted first and at the end; well under
+1 GB at peak). --duration sets the seconds of each concurrent-readers test (default 20); --quick shrinks
+everything for a 2-minute smoke test; --json FILE also writes the raw figures.
 
 Every child process prints one JSON line; the parent collects them. Nothing here imports dirsync_pipeline:
 the mechanisms (publish transaction, CHECKPOINT, copy, manifest, read-only ATTACH + UNION ALL views) are
@@ -371,6 +371,7 @@ def run_option_a(work: Path, sizes, duration: float, n_small: int, small_users: 
             "first_total_ms": ms(runs[0]["total"]),
             "copy_mb": mb((org.sets / "sync-000010" / "warehouse.duckdb").stat().st_size),
             "copy_first_mb": mb(first_copy.stat().st_size),
+            "copies_mb": [mb((org.sets / f"sync-{g:06d}" / "warehouse.duckdb").stat().st_size) for g in range(1, 11)],
             "live_mb": mb(org.path.stat().st_size), "staging_mb": mb((org.folder / "staging.duckdb").stat().st_size),
             "sets_after_10_mb": mb(dir_bytes(org.sets)),
         })
@@ -726,6 +727,8 @@ def report(a: dict, b: dict | None, meta: dict) -> str:
     notes = [f"- first publish (into empty tables), per-org file: "
              + ", ".join(f"{p['users']:,}: {p['first_total_ms']} ms (live file {p['live_mb']} MB after 10)"
                          for p in a["publish"]),
+             "- per-org copies of publishes 1-10, MB: "
+             + "; ".join(f"{p['users']:,} users: {p['copies_mb']}" for p in a["publish"]),
              f"- second writer process opening the shared file: {sp['second_writer']}"]
     for p in (b or {}).get("publish", []):
         notes.append(f"- DuckLake {p['users']:,}: first publish {p['first_total_ms']} ms; "

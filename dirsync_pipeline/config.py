@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 CONFIG_ENV_VAR = "DIRSYNC_CONFIG"
 CONNECTION_ID_PATTERN = r"^[a-z0-9_-]+$"
+# Directory API: 2,400 queries per minute per admin user per Cloud project, Google's documented default.
+GOOGLE_QUOTA_QPS = 40.0
+MAX_RATE_LIMIT_QPS = 1000.0
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -143,9 +146,11 @@ class ConnectionConfig(_Strict):
     # members.list calls sent together in one HTTP batch request (1: one request per call). Each part still
     # counts against Google's quota; batching saves round trips and per-request overhead. Google allows 1,000.
     batch_size: int = Field(50, ge=1, le=1000)
-    # Google allows 2,400 queries/min per user per project (40/s); stay well under it by default.
+    # The pace a sync starts at and never exceeds; it slows down on its own when Google refuses (429, 403 rate
+    # limits) and wins the pace back as calls succeed (google/retry.py). Google's documented quota by default:
+    # raise it if the admin's quota was raised, lower it for a Cloud project shared with other tools.
     # null: no client-side pacing, for an endpoint without a quota (the emulator), never for Google.
-    rate_limit_qps: float | None = Field(20.0, gt=0, le=1000)
+    rate_limit_qps: float | None = GOOGLE_QUOTA_QPS
     retry: RetryConfig = RetryConfig()
     safeguards: SafeguardsConfig = SafeguardsConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -156,6 +161,17 @@ class ConnectionConfig(_Strict):
         if endpoint is not None and not re.match(r"^https?://[^/\s]+", endpoint):
             raise ValueError("must be an http(s) URL such as https://admin.googleapis.com/")
         return endpoint
+
+    @field_validator("rate_limit_qps")
+    @classmethod
+    def _pace_in_range(cls, qps: float | None) -> float | None:
+        if qps is not None and not 0 < qps <= MAX_RATE_LIMIT_QPS:
+            raise ValueError(
+                f"must be queries per second above 0 and at most {MAX_RATE_LIMIT_QPS:,.0f}: Google's documented quota "
+                f"is {GOOGLE_QUOTA_QPS:g} (2,400 per minute per admin), the default; raise it only if your admin's "
+                "quota was raised, lower it for a shared Cloud project, or write null for no pacing (an emulator)"
+            )
+        return qps
 
     @field_validator("selected_groups")
     @classmethod
@@ -239,9 +255,6 @@ EMBEDDED_DEFAULT: dict = {
             },
             "default_role": "member",
             "role_assignment": "all",
-            # Google's own pace (40 queries/s), which the limiter holds without 429s (bench/RESULTS.md, S2);
-            # at the cautious default of 20/s the demo's 150 requests alone would take 7.5 s.
-            "rate_limit_qps": 39,
         }
     ],
 }

@@ -40,7 +40,7 @@ def test_bad_connection_id_and_duplicate_ids():
 
 
 def test_rate_limit_is_positive_at_most_1000_or_null_for_no_pacing():
-    assert parse_config({"connections": [connection()]}, source="t").connections[0].rate_limit_qps == 20
+    assert parse_config({"connections": [connection()]}, source="t").connections[0].rate_limit_qps == 40  # Google's quota
     assert parse_config({"connections": [connection(rate_limit_qps=None)]}, source="t").connections[0].rate_limit_qps is None
     assert "connections[0].rate_limit_qps" in problems({"connections": [connection(rate_limit_qps=0)]})
     assert "connections[0].rate_limit_qps" in problems({"connections": [connection(rate_limit_qps=5000)]})

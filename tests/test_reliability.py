@@ -19,7 +19,7 @@ from dirsync_pipeline.google.errors import (
     MalformedResponseError,
     RetriesExhaustedError,
 )
-from dirsync_pipeline.google.retry import RateLimiter, RetryPolicy, retry_cause
+from dirsync_pipeline.google.retry import RetryPolicy, retry_cause
 
 FAST = RetryPolicy(max_attempts=5, base_delay=0.01, max_delay=0.05, total_budget=10)
 
@@ -63,29 +63,6 @@ class FakeClock:
 
     def sleep(self, seconds: float) -> None:
         self.now += seconds
-
-
-def test_rate_limiter_spaces_calls_evenly_and_adapts():
-    clock = FakeClock()
-    limiter = RateLimiter(50, clock=lambda: clock.now, sleep=clock.sleep)
-    starts = []
-    for _ in range(26):
-        limiter.acquire()
-        starts.append(clock.now)
-    gaps = {round(b - a, 9) for a, b in zip(starts, starts[1:])}
-    assert gaps == {0.02}  # exactly 50 per second, no burst
-    limiter.throttled()
-    assert limiter.qps == 25
-    before = clock.now
-    limiter.acquire()
-    limiter.acquire()
-    assert round(clock.now - before, 9) == round(0.02 + 0.04, 9)  # the halved rate applies at once
-    for _ in range(10):
-        limiter.succeeded()
-    assert limiter.qps == 35  # recovers by 1/50 of the maximum per success
-    for _ in range(100):
-        limiter.succeeded()
-    assert limiter.qps == 50
 
 
 def client(emulator: DirectoryEmulator, **kwargs) -> DirectoryClient:

@@ -24,6 +24,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                           help="seed of the generated directory and of the injected errors: same seed, same directory")
     emulator.add_argument("--latency-ms", type=float, default=0.0,
                           help="each API request is answered this long after it arrives (or when ready, if later)")
+    emulator.add_argument("--latency-max-ms", type=float, default=None,
+                          help="draw each request's latency uniformly from --latency-ms to this (None: no spread)")
     emulator.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 5xx")
     emulator.add_argument("--rate-limit-qps", type=float, default=None, help="answer 429 above this rate (None: no limit)")
     emulator.add_argument("--directory-file", help="serve this saved directory (JSON) instead of generating one")
@@ -38,7 +40,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         serve_forever(
             users=args.users, groups=args.groups, port=args.port, seed=args.seed, host=args.host,
             latency_ms=args.latency_ms, error_rate=args.error_rate, rate_limit_qps=args.rate_limit_qps,
-            directory_file=args.directory_file, require_auth=args.require_auth,
+            latency_max_ms=args.latency_max_ms, directory_file=args.directory_file, require_auth=args.require_auth,
         )
     except OSError as exc:
         print(f"dirsync: {cannot_serve(args, exc)}", file=sys.stderr)

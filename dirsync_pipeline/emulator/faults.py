@@ -52,6 +52,8 @@ class ScriptedFault:
 @dataclass
 class FaultPlan:
     latency_ms: float = 0.0
+    # Each request's latency drawn uniformly from latency_ms to this (None: always latency_ms): Google's varies.
+    latency_max_ms: float | None = None
     error_rate: float = 0.0
     rate_limit_qps: float | None = None
     seed: int = 0
@@ -72,6 +74,7 @@ class FaultPlan:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._rng = random.Random(self.seed)
+        self._latency_rng = random.Random(self.seed)  # its own: latencies drawn never shift the injected errors
         self._injected: Counter[str] = Counter()
         self._bucket: float | None = None
         self._bucket_time = 0.0
@@ -85,6 +88,13 @@ class FaultPlan:
     def record(self, kind: str, count: int = 1) -> None:
         with self._lock:
             self._injected[kind] += count
+
+    def latency_seconds(self) -> float:
+        """How long after its arrival this request is answered."""
+        if self.latency_max_ms is None or self.latency_max_ms <= self.latency_ms:
+            return self.latency_ms / 1000
+        with self._lock:
+            return self._latency_rng.uniform(self.latency_ms, self.latency_max_ms) / 1000
 
     def next_error(self, endpoint: str, target_keys: Collection[str] = ()) -> ApiError | None:
         """The fault for this API request, if any: scripted first, then rate limit, then random."""

@@ -208,6 +208,7 @@ def serve_forever(
     latency_ms: float = 0.0,
     error_rate: float = 0.0,
     rate_limit_qps: float | None = None,
+    latency_max_ms: float | None = None,
     directory_file: str | None = None,
     require_auth: bool = False,
 ) -> None:
@@ -217,7 +218,8 @@ def serve_forever(
         if directory_file
         else generate_directory(users, groups, seed=seed)
     )
-    faults = FaultPlan(latency_ms=latency_ms, error_rate=error_rate, rate_limit_qps=rate_limit_qps, seed=seed)
+    faults = FaultPlan(latency_ms=latency_ms, latency_max_ms=latency_max_ms, error_rate=error_rate,
+                       rate_limit_qps=rate_limit_qps, seed=seed)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -131,7 +131,8 @@ class DirectoryService:
     def handle(self, request: Request) -> Response:
         """One HTTP request: the token endpoint, a batch, or a single API call.
 
-        An API request (a batch counts once) is answered ``latency_ms`` after it arrived, or as soon as its
+        An API request (a batch counts once) is answered ``latency_ms`` (or a latency drawn up to
+        ``latency_max_ms``) after it arrived, or as soon as its
         answer is ready if that takes longer. Google's latency includes Google's own work; adding the
         emulator's on top would slow every answer by this one Python process's load, which grows with the
         very concurrency a client is measured on.
@@ -145,8 +146,8 @@ class DirectoryService:
             response = handle_batch(request, self._handle_part)
         else:
             response = self._dispatch(request, target)
-        if target.endpoint in COUNTED_ENDPOINTS and target.endpoint != "token" and self.faults.latency_ms > 0:
-            time.sleep(max(0.0, self.faults.latency_ms / 1000 - (time.monotonic() - arrived)))
+        if target.endpoint in COUNTED_ENDPOINTS and target.endpoint != "token" and (latency := self.faults.latency_seconds()):
+            time.sleep(max(0.0, latency - (time.monotonic() - arrived)))
         return response
 
     def _handle_part(self, request: Request) -> Response:

@@ -178,8 +178,7 @@ class DirectoryClient:
         self._max_concurrency = max_concurrency
         self._retry_policy = retry_policy or RetryPolicy()
         self._rate_limiter = rate_limiter or RateLimiter(qps=None)
-        max_qps = self._rate_limiter.max_qps
-        self._batch_size = min(batch_size, max(1, int(max_qps * BATCH_SHARE_OF_QPS))) if max_qps else batch_size
+        self._batch_size = batch_size
         self._batch_uri = urljoin(api_endpoint or GOOGLE_ROOT_URL, BATCH_PATH)
         self._thread_http = threading.local()
         self._stopping = threading.Event()
@@ -343,8 +342,11 @@ class DirectoryClient:
         return MembersPage(group_id, PageChain(f"members.list of group {group_id}", self._max_pages["members.list"]))
 
     def _take_batch(self, waiting: deque[MembersPage]) -> list[MembersPage]:
-        """The next pages to send together: up to ``batch_size``, fewer when that leaves workers idle."""
-        size = min(self._batch_size, math.ceil(len(waiting) / self._max_concurrency))
+        """The next pages to send together: up to ``batch_size``, fewer when that leaves workers idle or would
+        carry more than a quarter second of the limiter's current pace (it slows down when Google refuses)."""
+        qps = self._rate_limiter.qps
+        paced = max(1, int(qps * BATCH_SHARE_OF_QPS)) if qps else self._batch_size
+        size = min(self._batch_size, paced, math.ceil(len(waiting) / self._max_concurrency))
         return [waiting.popleft() for _ in range(size)]
 
     def _read_members_pages(self, pages: list[MembersPage]) -> list[MembersPageRead]:
@@ -416,7 +418,7 @@ class DirectoryClient:
         """Yield each page's items, until the page without a token; the chain is proven to end (PageChain)."""
         chain = PageChain(endpoint, self._max_pages[endpoint])
         while request is not None:
-            response = self._execute(request, endpoint)
+            response = self._execute(request, endpoint, ahead=True)
             items = self._page_items(response, endpoint, items_key)
             chain = chain.after(response, items)
             yield items
@@ -439,7 +441,7 @@ class DirectoryClient:
             raise MalformedResponseError(f"{endpoint}: `{items_key}` is {type(items).__name__}, not a list")
         return items
 
-    def _execute(self, request, endpoint: str, *, group: str | None = None) -> object:
+    def _execute(self, request, endpoint: str, *, group: str | None = None, ahead: bool = False) -> object:
         what = f"{endpoint} of group {group}" if group else f"{endpoint} (customer {self._customer})"
 
         def send() -> object:
@@ -448,7 +450,7 @@ class DirectoryClient:
 
         with self._explained_errors(what):
             return call_with_retry(send, endpoint=endpoint, policy=self._retry_policy, limiter=self._rate_limiter,
-                                   stats=self.stats, sleep=self._wait_unless_stopped)
+                                   stats=self.stats, sleep=self._wait_unless_stopped, ahead=ahead)
 
     def _raise_if_stopping(self) -> None:
         if self._stopping.is_set():
