@@ -58,3 +58,23 @@ def write_config(tmp_path: Path, connections: list[dict], name: str = "dirsync.y
     path = tmp_path / name
     path.write_text(yaml.safe_dump({"warehouse": {"path": str(tmp_path)}, "connections": connections}))
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL cluster of Debian's packages for the whole session (tests/postgres_cluster.py).
+
+    Missing PostgreSQL skips on a laptop and fails in CI (`CI` set): `.ci/run` installs it.
+    """
+    import os
+
+    from tests.postgres_cluster import running_cluster, server_bin_dir
+
+    bin_dir = server_bin_dir()
+    if bin_dir is None:
+        message = "PostgreSQL is not installed (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; .ci/run must install it")
+        pytest.skip(f"{message}; set CI=1 to make this a failure")
+    with running_cluster(bin_dir) as cluster:
+        yield cluster
