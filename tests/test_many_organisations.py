@@ -110,6 +110,19 @@ def hourly_tick_partitions(url: str) -> list[str]:
     return sorted(next(t["value"] for t in r["tags"] if t["key"] == "dagster/partition") for r in result["runRequests"])
 
 
+def observed_statuses(url: str, connection_id: str, timeout: float = 60) -> list[str]:
+    """The statuses the connections sensor recorded on the partition's published_directory (the UI's Events)."""
+    query = """query($p: [String!]) { assetNodes(assetKeys: [{path: ["published_directory"]}]) {
+        assetObservations(partitions: $p, limit: 20) { metadataEntries { label ... on TextMetadataEntry { text } } } } }"""
+    deadline = time.monotonic() + timeout
+    while True:
+        observations = graphql(url, query, {"p": [connection_id]})["assetNodes"][0]["assetObservations"]
+        statuses = [e.get("text") for o in observations for e in o["metadataEntries"] if e["label"] == "connection.status"]
+        if statuses or time.monotonic() > deadline:
+            return statuses
+        time.sleep(2)
+
+
 def published_entitlements(home: Path, connection_id: str) -> set[tuple]:
     with reader.connect(home / "data") as conn:
         rows = conn.execute("SELECT user_id, role, granted_via FROM core.role_mapped_entitlements "
@@ -140,6 +153,7 @@ def test_organisations_come_and_go_while_dagster_dev_runs(tmp_path):
             state = wait_for_status(home, {"acme": "active", "globex": "active", "initech": "invalid_credentials"},
                                     timeout=240)
             assert "answered 401" in state["initech"]["last_error"]
+            assert "invalid_credentials" in observed_statuses(url, "initech")  # the UI shows the organisation's state
             for connection_id in ("acme", "globex", "initech"):  # the sensor launched each first sync at once
                 first = min(runs_of(url, connection_id), key=lambda r: r["creationTime"])
                 assert first["creationTime"] - added_at[connection_id] < 60, (connection_id, first)

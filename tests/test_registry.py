@@ -120,3 +120,47 @@ def test_a_locked_registry_is_refused_after_waiting(registry, monkeypatch):
         holder.execute("ROLLBACK")
         holder.close()
     assert registry.get("acme").enabled
+
+
+def test_the_sensor_adds_partitions_syncs_new_connections_and_records_status_changes(tmp_path):
+    """The connections sensor, evaluated as the daemon does, against a real instance and registry."""
+    import dagster as dg
+
+    from dirsync_pipeline.definitions import build_definitions
+
+    config_file = tmp_path / "dirsync.yaml"
+    config_file.write_text(f"warehouse: {{path: {tmp_path}}}\nconnections: []\n")
+    defs = build_definitions(str(config_file))
+    sensor = defs.resolve_sensor_def("connections_sensor")
+    registry = Registry(tmp_path / "registry.sqlite")
+    registry.add(parse_connection(connection("acme"), source="t"))
+    registry.add(parse_connection(connection("globex"), source="t"))
+    registry.set_enabled("globex", False)
+
+    def tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
+        with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
+                                     resources={"connections": defs.resources["connections"]}) as context:
+            result = sensor(context)
+        for request in result.dynamic_partitions_requests:  # what the daemon applies
+            if isinstance(request, dg.AddDynamicPartitionsRequest):
+                instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            else:
+                for key in request.partition_keys:
+                    instance.delete_dynamic_partition(request.partitions_def_name, key)
+        return result
+
+    with dg.instance_for_test() as instance:
+        first = tick(instance, None)
+        assert [r.partition_key for r in first.run_requests] == ["acme"]  # a disabled connection is not synced
+        assert sorted(instance.get_dynamic_partitions("connections")) == ["acme", "globex"]
+        assert first.asset_events == []  # observed from the next tick, once they are partitions
+        second = tick(instance, first.cursor)
+        assert second.run_requests == []
+        assert {(e.partition, e.metadata["connection.status"].value) for e in second.asset_events} == {
+            ("acme", "validating"), ("globex", "inactive")}
+        registry.record_failure("acme", Status.INVALID_CREDENTIALS, "Google answered 401")
+        registry.remove("globex", "purged")
+        third = tick(instance, second.cursor)
+        assert [(e.partition, e.metadata["connection.status"].value, e.metadata["connection.last_error"].value)
+                for e in third.asset_events] == [("acme", "invalid_credentials", "Google answered 401")]
+        assert instance.get_dynamic_partitions("connections") == ["acme"]

@@ -3,9 +3,14 @@
 Every tick it makes the ``connections`` partitions equal to the registered connections: a connection added
 (from the CLI, or a config file) becomes a partition and is synced at once; a removed one stops being a
 partition. It runs under the daemon (``dagster dev`` starts one), so nothing is restarted or reloaded.
+When a connection's status changes (``validating``, ``active``, ``invalid_credentials``...), it records an
+observation of ``published_directory`` for that partition, so the UI shows each organisation's state and
+its last error next to its syncs.
 """
 
 from __future__ import annotations
+
+import json
 
 import dagster as dg
 
@@ -38,4 +43,16 @@ def connections_sensor(context: dg.SensorEvaluationContext, connections: Connect
         dg.RunRequest(partition_key=c, run_key=f"first-sync-{c}-{registered[c].created_at}", tags={TRIGGER_TAG: "added"})
         for c in added if registered[c].enabled
     ]
-    return dg.SensorResult(run_requests=first_syncs, dynamic_partitions_requests=requests)
+    # A connection is observed once it is a partition (from the tick after it was added) and its state changed.
+    seen = json.loads(context.cursor) if context.cursor else {}
+    states = {c.id: [c.status, c.last_error] for c in registered.values() if c.id in known}
+    changed = [registered[c] for c, state in states.items() if seen.get(c) != state]
+    observations = [
+        dg.AssetObservation(asset_key="published_directory", partition=c.id, metadata={
+            "connection.status": c.status, "connection.enabled": c.enabled,
+            "connection.last_synced_at": c.last_synced_at or "never", "connection.last_error": c.last_error or "none",
+        })
+        for c in changed
+    ]
+    return dg.SensorResult(run_requests=first_syncs, dynamic_partitions_requests=requests, asset_events=observations,
+                           cursor=json.dumps(states, sort_keys=True))
