@@ -221,16 +221,6 @@ class DirsyncConfig(_Strict):
             raise ValueError(f"connection ids must be unique; {duplicates} repeat")
         return self
 
-    def connection(self, connection_id: str) -> ConnectionConfig:
-        for connection in self.connections:
-            if connection.id == connection_id:
-                return connection
-        raise ConfigError(f"no connection {connection_id!r} in the config; known: {[c.id for c in self.connections]}")
-
-    @property
-    def connection_ids(self) -> list[str]:
-        return [c.id for c in self.connections]
-
 
 def _as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)

@@ -22,7 +22,7 @@ def problems(raw: dict) -> str:
 def test_embedded_default_is_the_demo_connection(monkeypatch):
     monkeypatch.delenv("DIRSYNC_CONFIG", raising=False)
     config = load_config()
-    assert config.connection_ids == ["demo"]
+    assert [c.id for c in config.connections] == ["demo"]
     assert config.connections[0].emulator is not None
     assert str(config.warehouse.path) == "data"
 

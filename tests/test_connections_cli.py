@@ -153,7 +153,7 @@ def test_a_corrupt_registry_fails_every_command_in_one_line_and_is_kept(tmp_path
 
 
 def test_query_errors_and_an_empty_warehouse(tmp_path):
-    empty = dirsync("query", "SELECT count(*) AS n FROM core.role_mapped_entitlements", cwd=tmp_path / ".")
+    empty = dirsync("query", "SELECT count(*) AS n FROM core.role_mapped_entitlements", cwd=tmp_path)
     assert empty.returncode == 0 and "(1 row)" in empty.stdout and "\n0" in empty.stdout, empty.stderr
     assert "Table with name nope does not exist" in one_line_error(dirsync("query", "SELECT * FROM nope", cwd=tmp_path))
 

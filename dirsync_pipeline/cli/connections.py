@@ -15,6 +15,7 @@ import sys
 from dirsync_pipeline.cli.options import open_config_registry
 from dirsync_pipeline.config import load_connection_file
 from dirsync_pipeline.registry import RegisteredConnection, RegistryError
+from dirsync_pipeline.warehouse.outputs import connection_dir
 from dirsync_pipeline.warehouse.store import Warehouse
 
 LIST_COLUMNS = ("id", "enabled", "status", "last_synced_at", "last_error")
@@ -130,7 +131,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def _size(warehouse: Warehouse) -> int:
-    folders = [warehouse.folder, warehouse.parquet_dir / f"connection_id={warehouse.connection_id}"]
+    folders = [warehouse.folder, connection_dir(warehouse.parquet_dir, warehouse.connection_id)]
     return sum(f.stat().st_size for folder in folders if folder.exists() for f in folder.rglob("*") if f.is_file())
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dirsync_pipeline.config import DirsyncConfig, load_config
-from dirsync_pipeline.registry import Registry, open_registry
+from dirsync_pipeline.registry import Registry, RegistryError, open_registry
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +20,14 @@ def open_config_registry(args: argparse.Namespace) -> tuple[DirsyncConfig, Regis
 
 
 def selected_connection_ids(registry: Registry, args: argparse.Namespace, *, enabled_only: bool = False) -> list[str]:
-    """``--connection`` (checked against the registry), else every registered (or every enabled) connection."""
+    """``--connection`` (checked against the registry), else every registered (or every enabled) connection.
+
+    With ``enabled_only`` (the commands that sync), a disabled ``--connection`` is refused with how to enable it.
+    """
     if args.connection:
-        return [registry.get(args.connection).id]
+        connection = registry.get(args.connection)
+        if enabled_only and not connection.enabled:
+            raise RegistryError(f"connection {connection.id} is disabled, so it is not synced; enable it with "
+                                f"`dirsync connections enable {connection.id}`")
+        return [connection.id]
     return registry.enabled_ids() if enabled_only else [c.id for c in registry.list()]

@@ -54,10 +54,6 @@ def run_connections(
     """Run ``job_name`` for the selected connection(s) (``--connection``, else every enabled one); exit code 0 or 1."""
     config, registry = open_config_registry(args)
     ids = selected_connection_ids(registry, args, enabled_only=True)
-    if args.connection and not registry.get(args.connection).enabled:
-        print(f"dirsync: connection {args.connection} is disabled, so it is not synced; enable it with "
-              f"`dirsync connections enable {args.connection}`", file=sys.stderr)
-        return 2
     overrides = mass_removal_override() if args.allow_mass_removal else {}
     failed, partly = [], []
     for connection_id in ids:

@@ -24,16 +24,18 @@ def recorded_outcome(registry: Registry, connection_id: str) -> Iterator[None]:
     """
     try:
         yield
-    except AuthorizationError as exc:
-        registry.record_failure(connection_id, Status.INVALID_CREDENTIALS, str(exc))
-        raise
-    except QuarantinedFailure as exc:
-        registry.record_failure(connection_id, Status.QUARANTINED, exc.description or "mass-removal breaker")
-        raise
-    except dg.Failure as exc:
-        registry.record_failure(connection_id, Status.FAILING, exc.description or type(exc).__name__)
-        raise
     except Exception as exc:
-        registry.record_failure(connection_id, Status.FAILING, str(exc).strip().splitlines()[0] if str(exc).strip()
-                                else type(exc).__name__)
+        registry.record_failure(connection_id, _status_of(exc), _message_of(exc))
         raise
+
+
+def _status_of(error: Exception) -> Status:
+    if isinstance(error, AuthorizationError):
+        return Status.INVALID_CREDENTIALS
+    return Status.QUARANTINED if isinstance(error, QuarantinedFailure) else Status.FAILING
+
+
+def _message_of(error: Exception) -> str:
+    """A Failure's description (what Dagster shows), else the error's first line, else its class name."""
+    text = (error.description if isinstance(error, dg.Failure) else str(error)) or ""
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
