@@ -9,7 +9,7 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 
 from dirsync_pipeline.config import CredentialsConfig
-from dirsync_pipeline.emulator import DirectoryEmulator, ScriptedFault
+from dirsync_pipeline.emulator import DirectoryEmulator, ScriptedFault, generate_directory
 from dirsync_pipeline.google.auth import READONLY_SCOPES, build_credentials
 from dirsync_pipeline.google.client import DirectoryClient
 from dirsync_pipeline.google.errors import AuthorizationError, MalformedResponseError
@@ -175,3 +175,25 @@ def test_key_readable_by_others_is_warned(tmp_path, caplog, service_account_file
     service_account_file.chmod(0o644)
     build_credentials(CredentialsConfig(type="service_account", file=service_account_file, subject="admin@acme.test"))
     assert "readable by other users" in caplog.text and "chmod 600" in caplog.text
+
+
+def test_members_of_each_groups_page_are_read_before_groups_list_ends_and_match_a_listing_first():
+    directory = generate_directory(users=300, groups=450, seed=11, domain="acme.test")  # groups.list: 3 pages
+    with DirectoryEmulator(directory) as emulator:
+        listed_first = anonymous_client(emulator).fetch_members(directory.groups)
+        emulator.reset_counts()
+        groups, streamed = anonymous_client(emulator).fetch_groups_and_members(
+            lambda page: page["group_id"].to_list())
+        calls = [path.rsplit("/", 1)[-1] if "/members" not in path else "members" for _, path, _ in emulator.request_log]
+    assert sorted(groups["group_id"].to_list()) == sorted(directory.groups)
+    assert streamed.fetched_group_ids == listed_first.fetched_group_ids
+    assert streamed.edges.sort("group_id", "member_id").equals(listed_first.edges.sort("group_id", "member_id"))
+    last_groups_page = max(i for i, call in enumerate(calls) if call == "groups")
+    assert calls.index("members") < last_groups_page  # the first page's members did not wait for the last page
+
+
+def test_a_groups_list_refusal_while_members_are_read_is_the_error_raised(emulator):
+    emulator.faults.scripted.append(ScriptedFault("groups.list", 403, "forbidden", "Not Authorized to access this resource/api"))
+    with pytest.raises(AuthorizationError, match="groups.list"):
+        anonymous_client(emulator).fetch_groups_and_members(lambda page: page["group_id"].to_list())
+    assert emulator.request_counts()["members.list"] == 0

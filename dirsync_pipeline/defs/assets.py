@@ -134,13 +134,15 @@ def users_listed_alongside(client: DirectoryClient, connection: ConnectionConfig
 def read_groups(
     context: dg.AssetExecutionContext, client: DirectoryClient, connection: ConnectionConfig, users_listing: Future
 ) -> GroupsRead:
-    """groups.list, then members.list of the selected groups and every group nested in them, proven complete."""
-    groups = _with_sync_columns(client.fetch_groups(), connection.id)
+    """groups.list and, page by page, members.list of the selected groups and every group nested in them,
+    proven complete."""
+    progress = _stop_when_failed(users_listing, FetchProgress(context.log.info, client.stats))
+    listed, fetched = client.fetch_groups_and_members(lambda page: selected_group_ids(connection, page)[0],
+                                                      on_progress=progress)
+    groups = _with_sync_columns(listed, connection.id)
     selected, unknown = selected_group_ids(connection, groups)
     if unknown:
         context.log.warning(f"{connection.id}: selected groups not found in the directory: {unknown}")
-    progress = _stop_when_failed(users_listing, FetchProgress(context.log.info, client.stats))
-    fetched = client.fetch_members(selected, on_progress=progress)
     recounted = client.verify_member_counts(fetched, groups)
     if fetched.missing_group_ids:
         context.log.warning(f"groups deleted during the sync, skipped: {fetched.missing_group_ids}")
