@@ -16,7 +16,12 @@ import dagster as dg
 import polars as pl
 
 from dirsync_pipeline.config import ConnectionConfig
-from dirsync_pipeline.defs.checks import publish_gate_failures, stage_check_results, stage_check_specs
+from dirsync_pipeline.defs.checks import (
+    contract_checks_warming,
+    publish_gate_failures,
+    stage_check_results,
+    stage_check_specs,
+)
 from dirsync_pipeline.defs.outcome import QuarantinedFailure, recorded_outcome
 from dirsync_pipeline.defs.partitions import CONNECTIONS
 from dirsync_pipeline.defs.progress import FetchProgress
@@ -230,8 +235,10 @@ def google_directory(
     with recorded_outcome(connections.registry, connection.id):
         repair_parquet_manifest(context, warehouse.of(connection.id), connection.id)
         started = datetime.now(UTC).timestamp()
-        with google.client(connection) as client, users_listed_alongside(client, connection) as users_listing:
+        with google.client(connection) as client, users_listed_alongside(client, connection) as users_listing, \
+                contract_checks_warming() as checks_warmed:
             read = read_groups(context, client, connection, users_listing)
+            checks_warmed.result()
             # Staged and checked while users.list may still be paging: the users chain is the longest.
             yield table_output(GOOGLE_GROUPS, read.groups, output_name=GOOGLE_GROUPS.name)
             yield table_output(GOOGLE_GROUP_MEMBERS, read.edges, output_name=GOOGLE_GROUP_MEMBERS.name, **read.metadata)

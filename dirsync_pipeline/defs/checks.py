@@ -7,6 +7,9 @@ nothing unchecked is ever published.
 """
 
 
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import dagster as dg
@@ -20,6 +23,7 @@ from dirsync_pipeline.warehouse.tables import (
     GOOGLE_GROUPS,
     GOOGLE_USERS,
     ROLE_MAPPED_ENTITLEMENTS,
+    SYNC_TABLES,
     VALIDATED_ROWS_PER_CHUNK,
     Table,
 )
@@ -97,6 +101,22 @@ def validate_contract(table: Table, frame: pl.DataFrame) -> Outcome:
             cases.append(exc.failure_cases.select(*FAILURE_COLUMNS[:-1], pl.col("index").cast(pl.Int64) + offset))
     failures = pl.concat(cases)
     return Outcome(failures.is_empty(), failures.height, failures if failures.height else None)
+
+
+@contextmanager
+def contract_checks_warming() -> Iterator[Future]:
+    """A process's first pandera validation imports and registers pandera's polars backend (~0.15 s of CPU):
+    a step that waits on Google has it done meanwhile, on empty frames. Its checks wait for the returned
+    future first, so no two validations ever run at once."""
+    with ThreadPoolExecutor(1, thread_name_prefix="warm-up") as pool:
+        yield pool.submit(_validate_empty_stages)
+
+
+def _validate_empty_stages() -> None:
+    import pyarrow  # noqa: F401 - staging hands polars frames to DuckDB through Arrow: its import belongs here too
+
+    for table in SYNC_TABLES:
+        validate_contract(table, table.typed(pl.DataFrame(schema=dict.fromkeys(table.column_names, pl.Utf8))))
 
 
 def _duplicate_keys(table: Table, frame: pl.DataFrame) -> pl.DataFrame:
