@@ -98,3 +98,18 @@ def test_a_table_keys_a_dict_after_its_checks_first_ran_in_a_fresh_process():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-1500:]
     assert result.stdout.split() == ["users", "True"]
+
+
+def test_the_warm_up_passes_every_empty_stage_and_leaves_pandera_ready_in_a_fresh_process():
+    """The fetch step warms pandera up while it waits on Google; a contract that refused an empty stage would fail
+    every sync there, and a warm-up that stopped validating would leave the cost to the first check."""
+    probe = (
+        "import sys\n"
+        "from dirsync_pipeline.defs.checks import contract_checks_warming\n"
+        "before = 'pandera.backends.polars.builtin_checks' in sys.modules\n"
+        "with contract_checks_warming() as warmed:\n"
+        "    print(before, warmed.result(), 'pandera.backends.polars.builtin_checks' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert result.stdout.split() == ["False", "None", "True"]
