@@ -16,6 +16,7 @@ from dirsync_pipeline.warehouse.tables import (
     DIRECTORY_CHANGES,
     ENTITLEMENT_EXPLANATIONS,
     ENTITLEMENTS_HISTORY,
+    EVENTS,
     EVERY_USER,
     FILTERED_MEMBERSHIPS,
     GOOGLE_GROUPS,
@@ -244,3 +245,24 @@ def test_a_path_through_a_group_groups_list_does_not_show_keeps_its_id():
     paths = membership_paths(edges, groups("eng"), member_rows)
     assert paths.select("user_id", "group_email", "path").rows() == [
         ("ann", "eng@corp.com", "eng@corp.com > other-customer-group > ann@corp.com")]
+
+
+def test_events_are_appended_in_the_documented_order_across_every_family():
+    """Each family of events is sorted and appended on its own (changes.py); together they must still be in
+    (event as EVENTS orders them, user, group, role) order, as one sort of them all would put them."""
+    after = state(users({"user_id": "carol"}, {"user_id": "bob", "suspended": True}, {"user_id": "alice"}),
+                  groups("ops", "dev"),
+                  memberships(("carol", "ops"), ("alice", "dev"), ("bob", "eng")),
+                  entitlements(("carol", "operator", ["ops@corp.com"]), ("alice", "admin", ["dev@corp.com"])))
+    conn = warehouse(DIRECTORY_CHANGES)
+    insert_directory_changes(conn, registered(conn, "old", BASE), registered(conn, "new", after), connection_id="c1",
+                             sync_id="s2", changed_at=T0)
+    appended = conn.execute("SELECT event, user_email, group_email, role FROM core.directory_changes ORDER BY rowid").fetchall()
+    families = {event.split(".")[0] for event, *_ in appended}
+    assert families == {"user", "group", "membership", "role"}
+
+    def position(row: tuple) -> tuple:
+        event, *rest = row
+        return (EVENTS.index(event), *((value is None, value or "") for value in rest))
+
+    assert appended == sorted(appended, key=position)

@@ -30,6 +30,8 @@ from dirsync_pipeline.warehouse.tables import (
 USER_ATTRIBUTES = ("primary_email", "given_name", "family_name", "full_name", "is_admin", "org_unit_path", "aliases")
 GROUP_ATTRIBUTES = ("email", "name", "description", "admin_created")
 # The account status, one value of three, so suspended -> archived is a single user.archived event.
+# What an event holds besides the sync's columns; each family of events fills its own.
+EVENT_COLUMNS = ("event", "user_id", "user_email", "group_id", "group_email", "role", "before", "after")
 STATUS_EVENTS = {"active": "user.reactivated", "suspended": "user.suspended", "archived": "user.archived"}
 
 
@@ -58,17 +60,23 @@ def insert_directory_changes(
 ) -> int:
     """Append every event from ``previous`` (None before the first sync) to ``current`` to core.directory_changes.
 
-    Rows go in a stable order (event, user, group, role); returns how many were appended.
+    Rows go in a stable order (event, user, group, role); returns how many were appended. Each family of
+    events (users', groups', memberships', roles') is sorted and appended on its own, in the order of EVENTS:
+    the same rows in the same order as one sort of them all, whose memory (a first sync at 300,000 users
+    sorts 2.6 million events) is the publish's largest, and is now that of the largest family.
     """
     # Before the first sync the previous side is the current relations filtered to nothing, so the query
     # is the same and every event is a creation flagged `initial`.
     params = {"connection_id": connection_id, "sync_id": sync_id, "changed_at": changed_at,
               "initial": previous is None}
-    query = _events_query(previous or current, current)
-    return conn.execute(f"INSERT INTO {DIRECTORY_CHANGES.qualified_name} BY NAME {query}", params).fetchall()[0][0]
+    return sum(
+        conn.execute(f"INSERT INTO {DIRECTORY_CHANGES.qualified_name} BY NAME {query}", params).fetchall()[0][0]
+        for query in _events_queries(previous or current, current)
+    )
 
 
-def _events_query(previous: DirectoryState, current: DirectoryState) -> str:
+def _events_queries(previous: DirectoryState, current: DirectoryState) -> list[str]:
+    """One query per family of events (users', groups', memberships', roles'), in the order of EVENTS."""
     def rows(relation: str, columns: str, *, old: bool) -> str:
         return (f"SELECT {columns} FROM {relation} WHERE connection_id = $connection_id"
                 + (" AND NOT $initial" if old else ""))
@@ -78,7 +86,20 @@ def _events_query(previous: DirectoryState, current: DirectoryState) -> str:
     groups = ", ".join(["group_id", *GROUP_ATTRIBUTES])
     order = "[" + ", ".join(f"'{e}'" for e in EVENTS) + "]"
     status_event = " ".join(f"WHEN '{status}' THEN '{event}'" for status, event in STATUS_EVENTS.items())
-    return f"""
+    families = [
+        f"""{_lifecycle_events("user", "user_id", "primary_email", USER_ATTRIBUTES, USER_ATTRIBUTES + ("status",))}
+            UNION ALL BY NAME
+            SELECT CASE n.status {status_event} END AS event, n.user_id, n.primary_email AS user_email,
+                   {_json_object("o", ("status",))} AS before, {_json_object("n", ("status",))} AS after
+            FROM old_users o JOIN new_users n USING (user_id) WHERE o.status <> n.status""",
+        _lifecycle_events("group", "group_id", "email", GROUP_ATTRIBUTES, GROUP_ATTRIBUTES),
+        _keyed_events("memberships", ("user_id", "group_id"), ("group_id", "group_email"), ("is_direct",),
+                      "membership.added", "membership.removed"),
+        _keyed_events("entitlements", ("user_id", "role"), ("role",), ("granted_via",), "role.granted", "role.revoked"),
+    ]
+    # every column of an event, for the families that leave some out (a user event names no group)
+    no_event = "SELECT " + ", ".join(f"NULL::VARCHAR AS {c}" for c in EVENT_COLUMNS) + " WHERE false"
+    return [f"""
         WITH old_users AS ({rows(previous.users, users, old=True)}),
              new_users AS ({rows(current.users, users, old=False)}),
              old_groups AS ({rows(previous.groups, groups, old=True)}),
@@ -87,26 +108,12 @@ def _events_query(previous: DirectoryState, current: DirectoryState) -> str:
              new_memberships AS ({rows(current.memberships, '*', old=False)}),
              old_entitlements AS ({rows(previous.entitlements, '*', old=True)}),
              new_entitlements AS ({rows(current.entitlements, '*', old=False)}),
-             events AS (
-                {_lifecycle_events("user", "user_id", "primary_email", USER_ATTRIBUTES, USER_ATTRIBUTES + ("status",))}
-                UNION ALL BY NAME
-                SELECT CASE n.status {status_event} END AS event, n.user_id, n.primary_email AS user_email,
-                       {_json_object("o", ("status",))} AS before, {_json_object("n", ("status",))} AS after
-                FROM old_users o JOIN new_users n USING (user_id) WHERE o.status <> n.status
-                UNION ALL BY NAME
-                {_lifecycle_events("group", "group_id", "email", GROUP_ATTRIBUTES, GROUP_ATTRIBUTES)}
-                UNION ALL BY NAME
-                {_keyed_events("memberships", ("user_id", "group_id"), ("group_id", "group_email"), ("is_direct",),
-                               "membership.added", "membership.removed")}
-                UNION ALL BY NAME
-                {_keyed_events("entitlements", ("user_id", "role"), ("role",), ("granted_via",),
-                               "role.granted", "role.revoked")}
-             )
+             events AS ({no_event} UNION ALL BY NAME {family})
         SELECT $connection_id AS connection_id, $sync_id AS sync_id, $changed_at AS changed_at, $initial AS initial,
-               event, user_id, user_email, group_id, group_email, role, before, after
+               {', '.join(EVENT_COLUMNS)}
         FROM events
         ORDER BY list_position({order}, event), user_email NULLS LAST, group_email NULLS LAST, role NULLS LAST
-    """
+    """ for family in families]
 
 
 def _lifecycle_events(kind: str, key: str, email: str, tracked: tuple[str, ...], described: tuple[str, ...]) -> str:

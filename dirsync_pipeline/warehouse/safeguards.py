@@ -56,7 +56,9 @@ def removal(
             f"(SELECT 1 FROM {staged} s WHERE s.connection_id = $id AND {matches})")
     params = {"id": connection_id}
     total = conn.execute(f"SELECT count(*) FROM {published} WHERE connection_id = $id", params).fetchone()[0]
-    removed = conn.execute(f"SELECT count(*) {gone}", params).fetchone()[0]
+    removed = conn.execute(f"SELECT count(*) {gone}", params).fetchone()[0] if total else 0
+    if not removed:  # a first sync, or nothing gone: no sample to look for
+        return Removal(table.qualified_name, total, 0, ())
     described = ", ".join(f"p.{c}" for c in describe_by)
     sample = conn.execute(f"SELECT concat_ws(' / ', {described}) {gone} ORDER BY ALL LIMIT {SAMPLE_SIZE}", params).fetchall()
     return Removal(table.qualified_name, total, removed, tuple(row[0] for row in sample))
