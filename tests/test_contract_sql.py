@@ -85,6 +85,30 @@ def test_a_publish_whose_written_rows_break_the_contract_is_rolled_back(tmp_path
     assert not (tmp_path / "parquet" / "connection_id=c1" / "manifest.json").exists()
 
 
+
+@pytest.mark.parametrize("email", ["u1@corp.com", "nobody"], ids=["published", "refused"])
+def test_a_small_publish_leaves_the_runs_connection_with_its_own_thread_count(tmp_path, email):
+    """A publish of few rows runs on one DuckDB thread (store.py): the run's connection gets its setting back,
+    whether the publish succeeds or is refused."""
+    store = Warehouse(tmp_path, "acme")
+    store.hold()
+    try:
+        staged = {"raw.google_users": users({"user_id": "u1", "primary_email": email}), "raw.google_groups": groups("g1"),
+                  "core.filtered_memberships": memberships(("u1", "g1"))}
+        for table in SYNC_TABLES:
+            store.stage(table, "c1", staged.get(table.qualified_name,
+                                                pl.DataFrame(schema={c.name: c.dtype for c in table.columns})))
+        with store.connect() as conn:
+            conn.execute("SET threads = 3")
+            try:
+                store.publish("c1", "s1")
+            except PublishFailedError:
+                assert email == "nobody"
+            assert conn.execute("SELECT current_setting('threads')").fetchall() == [(3,)]
+    finally:
+        store.release()
+
+
 def test_a_table_keys_a_dict_after_its_checks_first_ran_in_a_fresh_process():
     """pandera's checks change their hash at their first validation in a process: a table must not."""
     probe = (

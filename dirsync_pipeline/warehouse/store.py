@@ -45,6 +45,11 @@ from dirsync_pipeline.warehouse.tables import (
 
 STAGING_SCHEMA = "staging"  # the attached staging file's alias
 CONNECTIONS_DIR = "connections"
+# A publish of fewer staged rows than this runs on one DuckDB thread. A directory's tables are small for
+# DuckDB: at 20,000 users (240,000 staged rows) on 2 cores its worker threads cost more coordination than they
+# save, and one thread publishes in 25% less time. At 300,000 users (3.5 million rows) they pay: one thread
+# took 50% longer and held the whole transaction's rows in memory (+240 MiB). bench/RESULTS.md, Q2 and Q3.
+ONE_THREAD_PUBLISH_ROWS = 1_000_000
 
 
 @dataclass
@@ -169,17 +174,35 @@ class Warehouse:
         """
         counts: dict[str, int] = {}
         previous = self.manifest_sync_id(connection_id)
-        try:
-            publication, events = self._publish_transaction(connection_id, sync_id, counts)
-        except Exception as exc:  # nothing committed: the transaction rolled back, the manifest never moved
-            raise nothing_published(connection_id, sync_id, previous, exc) from exc
-        try:
-            if publication.version is not None:
-                self._copy_for_readers(publication.version.directory)
-            publication.activate()
-        except Exception as exc:
-            raise manifest_not_replaced(self.parquet_dir, connection_id, sync_id, previous, exc) from exc
+        with self._threads_for_publish(connection_id):
+            try:
+                publication, events = self._publish_transaction(connection_id, sync_id, counts)
+            except Exception as exc:  # nothing committed: the transaction rolled back, the manifest never moved
+                raise nothing_published(connection_id, sync_id, previous, exc) from exc
+            try:
+                if publication.version is not None:
+                    self._copy_for_readers(publication.version.directory)
+                publication.activate()
+            except Exception as exc:
+                raise manifest_not_replaced(self.parquet_dir, connection_id, sync_id, previous, exc) from exc
         return counts | {DIRECTORY_CHANGES.name: events}
+
+    @contextmanager
+    def _threads_for_publish(self, connection_id: str) -> Iterator[None]:
+        """One DuckDB thread for the run's publish while it has fewer than ONE_THREAD_PUBLISH_ROWS staged rows."""
+        with self.connect() as conn:
+            staged = conn.execute("SELECT " + " + ".join(
+                f"(SELECT count(*) FROM {staging_name(t)} WHERE connection_id = $id)" for t in SYNC_TABLES),
+                {"id": connection_id}).fetchall()[0][0]
+            if staged >= ONE_THREAD_PUBLISH_ROWS:
+                yield
+                return
+            threads = conn.execute("SELECT current_setting('threads')").fetchall()[0][0]
+            conn.execute("SET threads = 1")
+            try:
+                yield
+            finally:
+                conn.execute(f"SET threads = {int(threads)}")
 
     def _copy_for_readers(self, set_directory: Path) -> None:
         """Put the committed warehouse file, checkpointed (nothing left in its WAL), into the sync's set.
