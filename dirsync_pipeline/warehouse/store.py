@@ -174,47 +174,29 @@ class Warehouse:
         """
         counts: dict[str, int] = {}
         previous = self.manifest_sync_id(connection_id)
-        with self._threads_for_publish(connection_id):
+        with self.connect() as conn, _threads_for_publish(conn, connection_id):
             try:
-                publication, events = self._publish_transaction(connection_id, sync_id, counts)
+                publication, events = self._publish_transaction(conn, connection_id, sync_id, counts)
             except Exception as exc:  # nothing committed: the transaction rolled back, the manifest never moved
                 raise nothing_published(connection_id, sync_id, previous, exc) from exc
             try:
                 if publication.version is not None:
-                    self._copy_for_readers(publication.version.directory)
+                    self._copy_for_readers(conn, publication.version.directory)
                 publication.activate()
             except Exception as exc:
                 raise manifest_not_replaced(self.parquet_dir, connection_id, sync_id, previous, exc) from exc
         return counts | {DIRECTORY_CHANGES.name: events}
 
-    @contextmanager
-    def _threads_for_publish(self, connection_id: str) -> Iterator[None]:
-        """One DuckDB thread for the run's publish while it has fewer than ONE_THREAD_PUBLISH_ROWS staged rows."""
-        with self.connect() as conn:
-            staged = conn.execute("SELECT " + " + ".join(
-                f"(SELECT count(*) FROM {staging_name(t)} WHERE connection_id = $id)" for t in SYNC_TABLES),
-                {"id": connection_id}).fetchall()[0][0]
-            if staged >= ONE_THREAD_PUBLISH_ROWS:
-                yield
-                return
-            threads = conn.execute("SELECT current_setting('threads')").fetchall()[0][0]
-            conn.execute("SET threads = 1")
-            try:
-                yield
-            finally:
-                conn.execute(f"SET threads = {int(threads)}")
-
-    def _copy_for_readers(self, set_directory: Path) -> None:
+    def _copy_for_readers(self, conn: duckdb.DuckDBPyConnection, set_directory: Path) -> None:
         """Put the committed warehouse file, checkpointed (nothing left in its WAL), into the sync's set.
 
         The run is the file's only writer and writes nothing during the copy, so the copy is exactly the
         published state; it is written aside and renamed, so a reader never attaches half a file.
         """
-        with self.connect() as conn:
-            conn.execute("CHECKPOINT")
-            partial = set_directory / f".{WAREHOUSE_COPY}.partial"
-            shutil.copyfile(self.path, partial)
-            os.replace(partial, set_directory / WAREHOUSE_COPY)
+        conn.execute("CHECKPOINT")
+        partial = set_directory / f".{WAREHOUSE_COPY}.partial"
+        shutil.copyfile(self.path, partial)
+        os.replace(partial, set_directory / WAREHOUSE_COPY)
 
     def manifest_sync_id(self, connection_id: str) -> str | None:
         """The sync that the connection's Parquet manifest names (None before the first)."""
@@ -227,13 +209,13 @@ class Warehouse:
         with self.connect() as conn:
             last = conn.execute(f"SELECT sync_id FROM {SYNC_LOG.qualified_name} WHERE connection_id = ? "
                                 "ORDER BY published_at DESC LIMIT 1", [connection_id]).fetchall()
-        if not last or last[0][0] == self.manifest_sync_id(connection_id):
-            return None
-        version = published_version(self.parquet_dir, connection_id, last[0][0])
-        if version is None:
-            return None
-        if not (version.directory / WAREHOUSE_COPY).is_file():  # nothing was written since that publish
-            self._copy_for_readers(version.directory)
+            if not last or last[0][0] == self.manifest_sync_id(connection_id):
+                return None
+            version = published_version(self.parquet_dir, connection_id, last[0][0])
+            if version is None:
+                return None
+            if not (version.directory / WAREHOUSE_COPY).is_file():  # nothing was written since that publish
+                self._copy_for_readers(conn, version.directory)
         version.activate()
         return last[0][0]
 
@@ -252,9 +234,11 @@ class Warehouse:
         shutil.rmtree(connection_dir(self.parquet_dir, self.connection_id), ignore_errors=True)
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def _publish_transaction(self, connection_id: str, sync_id: str, counts: dict[str, int]) -> tuple[Publication, int]:
+    def _publish_transaction(
+        self, conn: duckdb.DuckDBPyConnection, connection_id: str, sync_id: str, counts: dict[str, int]
+    ) -> tuple[Publication, int]:
         """The publish's one transaction, committed; ``counts`` receives the published row counts."""
-        with self.connect() as conn, _transaction(conn):
+        with _transaction(conn):
             publication = Publication(conn, self.parquet_dir, connection_id, sync_id)
             staged = DirectoryState.from_names(staging_name)
             events = publication.record_changes(staged)
@@ -309,6 +293,24 @@ class SyncLock:
             self._handle.truncate(0)
             self._handle.close()  # closing the file releases the lock
             self._handle = None
+
+
+@contextmanager
+def _threads_for_publish(conn: duckdb.DuckDBPyConnection, connection_id: str) -> Iterator[None]:
+    """One DuckDB thread for a publish of fewer than ONE_THREAD_PUBLISH_ROWS staged rows; ``conn`` gets its own
+    thread count back after it."""
+    staged = conn.execute("SELECT " + " + ".join(
+        f"(SELECT count(*) FROM {staging_name(t)} WHERE connection_id = $id)" for t in SYNC_TABLES),
+        {"id": connection_id}).fetchall()[0][0]
+    if staged >= ONE_THREAD_PUBLISH_ROWS:
+        yield
+        return
+    threads = conn.execute("SELECT current_setting('threads')").fetchall()[0][0]
+    conn.execute("SET threads = 1")
+    try:
+        yield
+    finally:
+        conn.execute(f"SET threads = {int(threads)}")
 
 
 @contextmanager
