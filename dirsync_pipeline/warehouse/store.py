@@ -298,7 +298,8 @@ class SyncLock:
 @contextmanager
 def _threads_for_publish(conn: duckdb.DuckDBPyConnection, connection_id: str) -> Iterator[None]:
     """One DuckDB thread for a publish of fewer than ONE_THREAD_PUBLISH_ROWS staged rows; ``conn`` gets its own
-    thread count back after it."""
+    thread count back after it. (Staging stays on DuckDB's threads: on one, a 300,000-user sync's stages stayed
+    in memory into its publish, +90 MiB at the peak.)"""
     staged = conn.execute("SELECT " + " + ".join(
         f"(SELECT count(*) FROM {staging_name(t)} WHERE connection_id = $id)" for t in SYNC_TABLES),
         {"id": connection_id}).fetchall()[0][0]
