@@ -50,6 +50,10 @@ CONNECTIONS_DIR = "connections"
 # save, and one thread publishes in 25% less time. At 300,000 users (3.5 million rows) they pay: one thread
 # took 50% longer and held the whole transaction's rows in memory (+240 MiB). bench/RESULTS.md, Q2 and Q3.
 ONE_THREAD_PUBLISH_ROWS = 1_000_000
+# A stage smaller than two of DuckDB's row groups (122,880 rows each) is written on one thread too: its insert
+# cannot be split between threads. A larger one keeps DuckDB's threads, which write its full row groups to disk
+# as they go; on one thread a 300,000-user sync's stages stayed in memory into its publish (+90 MiB at the peak).
+ONE_THREAD_STAGE_ROWS = 2 * 122_880
 
 
 @dataclass
@@ -151,7 +155,7 @@ class Warehouse:
 
     def stage(self, table: Table, connection_id: str, frame: pl.DataFrame) -> None:
         """Replace the connection's staged rows of ``table`` (atomically; other connections untouched)."""
-        with self.connect() as conn:
+        with self.connect() as conn, _one_thread_below(conn, ONE_THREAD_STAGE_ROWS, rows=frame.height):
             _replace_rows(conn, staging_name(table), connection_id, frame.select(table.column_names))
 
     def read_staged(self, table: Table, connection_id: str) -> pl.DataFrame:
@@ -174,7 +178,8 @@ class Warehouse:
         """
         counts: dict[str, int] = {}
         previous = self.manifest_sync_id(connection_id)
-        with self.connect() as conn, _threads_for_publish(conn, connection_id):
+        with self.connect() as conn, \
+                _one_thread_below(conn, ONE_THREAD_PUBLISH_ROWS, rows=_staged_rows(conn, connection_id)):
             try:
                 publication, events = self._publish_transaction(conn, connection_id, sync_id, counts)
             except Exception as exc:  # nothing committed: the transaction rolled back, the manifest never moved
@@ -295,15 +300,17 @@ class SyncLock:
             self._handle = None
 
 
-@contextmanager
-def _threads_for_publish(conn: duckdb.DuckDBPyConnection, connection_id: str) -> Iterator[None]:
-    """One DuckDB thread for a publish of fewer than ONE_THREAD_PUBLISH_ROWS staged rows; ``conn`` gets its own
-    thread count back after it. (Staging stays on DuckDB's threads: on one, a 300,000-user sync's stages stayed
-    in memory into its publish, +90 MiB at the peak.)"""
-    staged = conn.execute("SELECT " + " + ".join(
+def _staged_rows(conn: duckdb.DuckDBPyConnection, connection_id: str) -> int:
+    return conn.execute("SELECT " + " + ".join(
         f"(SELECT count(*) FROM {staging_name(t)} WHERE connection_id = $id)" for t in SYNC_TABLES),
         {"id": connection_id}).fetchall()[0][0]
-    if staged >= ONE_THREAD_PUBLISH_ROWS:
+
+
+@contextmanager
+def _one_thread_below(conn: duckdb.DuckDBPyConnection, limit: int, *, rows: int) -> Iterator[None]:
+    """The block on one DuckDB thread when it handles fewer than ``limit`` rows; ``conn`` gets its own thread
+    count back after it."""
+    if rows >= limit:
         yield
         return
     threads = conn.execute("SELECT current_setting('threads')").fetchall()[0][0]
