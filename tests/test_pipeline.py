@@ -119,13 +119,16 @@ def test_a_failed_users_listing_stops_the_members_fetch_and_is_the_error_reporte
     assert not (tmp_path).exists() or published(tmp_path, "raw.google_users") == []
 
 
-def test_max_concurrency_1_reads_strictly_one_request_at_a_time(tmp_path, directory):
+def test_max_concurrency_1_reads_strictly_one_request_at_a_time(tmp_path):
+    directory = generate_directory(users=300, groups=450, seed=5, domain="acme.test")  # groups.list: 3 pages
     with DirectoryEmulator(directory) as emulator:
         assert run_sync(write_config(tmp_path, [connection(emulator, max_concurrency=1, batch_size=1)])).success
         paths = [path for _method, path, _query in emulator.request_log]
     users = [i for i, path in enumerate(paths) if path.endswith("/users")]
-    groups = [i for i, path in enumerate(paths) if "/groups" in path]
-    assert users and groups and max(users) < min(groups)  # every users.list page before the first group call
+    groups = [i for i, path in enumerate(paths) if path.endswith("/groups")]
+    members = [i for i, path in enumerate(paths) if path.endswith("/members")]
+    assert users and max(users) < min(groups)  # every users.list page before the first group call
+    assert len(groups) == 3 and max(groups) < min(members)  # every groups.list page before the first members.list
     assert not any("batch" in path for path in paths)
 
 

@@ -266,7 +266,10 @@ class DirectoryClient:
                 pages.append(pages_to_frame([items], group_row, GROUP_SCHEMA))
                 yield select(pages[-1])
 
-        fetched = self._fetch_members(selected_per_page(), on_progress)
+        batches = selected_per_page()
+        if self._max_concurrency == 1:  # one request at a time: every groups.list page before the first member
+            batches = iter(list(batches))
+        fetched = self._fetch_members(batches, on_progress)
         return pl.concat(pages) if pages else pl.DataFrame(schema=GROUP_SCHEMA), fetched
 
     def _fetch_members(
