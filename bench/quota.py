@@ -52,7 +52,7 @@ def _sizes(sizes: Sizes) -> QuotaSizes:
     return SMALL if sizes.small else FULL
 
 
-def _config(workdir: Path, emulator: EmulatorProcess, **settings: object) -> Path:
+def sync_config(workdir: Path, emulator: EmulatorProcess, **settings: object) -> Path:
     """A connection as a new user writes it: the endpoint, all groups, the roles; nothing tuned unless given."""
     return write_config(workdir, emulator, role_mapping=ROLE_MAPPING, default_role=DEFAULT_ROLE, **settings)
 
@@ -99,7 +99,7 @@ def run_q1(sizes: Sizes, workdir: Path) -> Outcome:
     name = f"Q1 {users:,} users / {groups:,} groups, {latency:g}-{latency_max:g} ms, quota 40 q/s"
     with EmulatorProcess(users, groups, seed=SEED, latency_ms=latency, latency_max_ms=latency_max,
                          rate_limit_qps=GOOGLE_QPS) as emulator:
-        sync = run_sync(_config(workdir / "q1", emulator), emulator, timeout_seconds=TIMEOUTS["Q1"])
+        sync = run_sync(sync_config(workdir / "q1", emulator), emulator, timeout_seconds=TIMEOUTS["Q1"])
         peer = _peer(workdir / "q1-peer", emulator, TIMEOUTS["Q1"])
     targets = _sync_targets("Q1", DEFAULT_LABEL, sync, truth, sizes.small)[:1]
     targets.append(_peer_target("Q1", peer, truth, sizes.small))
@@ -126,7 +126,7 @@ def run_q2(sizes: Sizes, workdir: Path) -> Outcome:
     truth = directory_truth(generate_directory(users, groups, seed=SEED))
     name = f"Q2 {users:,} users / {groups:,} groups, {latency:g} ms, no quota"
     with EmulatorProcess(users, groups, seed=SEED, latency_ms=latency, rate_limit_qps=None) as emulator:
-        sync = run_sync(_config(workdir / "q2", emulator, rate_limit_qps=RAISED_QPS), emulator,
+        sync = run_sync(sync_config(workdir / "q2", emulator, rate_limit_qps=RAISED_QPS), emulator,
                         timeout_seconds=TIMEOUTS["Q2"])
         peer = _peer(workdir / "q2-peer", emulator, TIMEOUTS["Q2"])
     targets = _sync_targets("Q2", RAISED_LABEL, sync, truth, sizes.small)
@@ -146,7 +146,7 @@ def run_q3(sizes: Sizes, workdir: Path) -> Outcome:
         truth = directory_truth(generate_directory(users, groups, seed=SEED))
         name = f"Q3 {users:,} users / {groups:,} groups, {latency:g} ms, no quota"
         with EmulatorProcess(users, groups, seed=SEED, latency_ms=latency, rate_limit_qps=None) as emulator:
-            sync = run_sync(_config(workdir / f"q3-{label}", emulator, rate_limit_qps=RAISED_QPS), emulator,
+            sync = run_sync(sync_config(workdir / f"q3-{label}", emulator, rate_limit_qps=RAISED_QPS), emulator,
                             timeout_seconds=TIMEOUTS["Q3"])
         outcome.figures.append(_sync_figures(name, RAISED_LABEL, sync, truth))
         outcome.targets += _sync_targets("Q3", f"{users:,} users", sync, truth, sizes.small)
