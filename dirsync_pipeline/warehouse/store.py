@@ -33,6 +33,7 @@ from dirsync_pipeline.config import default_parquet_dir
 from dirsync_pipeline.warehouse.changes import DirectoryState
 from dirsync_pipeline.warehouse.outputs import WAREHOUSE_COPY, connection_dir, current_manifest, published_version
 from dirsync_pipeline.warehouse.publication import Publication, manifest_not_replaced, nothing_published
+from dirsync_pipeline.warehouse.threads import one_thread_below
 from dirsync_pipeline.warehouse.tables import (
     DIRECTORY_CHANGES,
     HISTORY_TABLES,
@@ -155,7 +156,7 @@ class Warehouse:
 
     def stage(self, table: Table, connection_id: str, frame: pl.DataFrame) -> None:
         """Replace the connection's staged rows of ``table`` (atomically; other connections untouched)."""
-        with self.connect() as conn, _one_thread_below(conn, ONE_THREAD_STAGE_ROWS, rows=frame.height):
+        with self.connect() as conn, one_thread_below(conn, ONE_THREAD_STAGE_ROWS, rows=frame.height):
             _replace_rows(conn, staging_name(table), connection_id, frame.select(table.column_names))
 
     def read_staged(self, table: Table, connection_id: str) -> pl.DataFrame:
@@ -179,7 +180,7 @@ class Warehouse:
         counts: dict[str, int] = {}
         previous = self.manifest_sync_id(connection_id)
         with self.connect() as conn, \
-                _one_thread_below(conn, ONE_THREAD_PUBLISH_ROWS, rows=_staged_rows(conn, connection_id)):
+                one_thread_below(conn, ONE_THREAD_PUBLISH_ROWS, rows=_staged_rows(conn, connection_id)):
             try:
                 publication, events = self._publish_transaction(conn, connection_id, sync_id, counts)
             except Exception as exc:  # nothing committed: the transaction rolled back, the manifest never moved
@@ -304,21 +305,6 @@ def _staged_rows(conn: duckdb.DuckDBPyConnection, connection_id: str) -> int:
     return conn.execute("SELECT " + " + ".join(
         f"(SELECT count(*) FROM {staging_name(t)} WHERE connection_id = $id)" for t in SYNC_TABLES),
         {"id": connection_id}).fetchall()[0][0]
-
-
-@contextmanager
-def _one_thread_below(conn: duckdb.DuckDBPyConnection, limit: int, *, rows: int) -> Iterator[None]:
-    """The block on one DuckDB thread when it handles fewer than ``limit`` rows; ``conn`` gets its own thread
-    count back after it."""
-    if rows >= limit:
-        yield
-        return
-    threads = conn.execute("SELECT current_setting('threads')").fetchall()[0][0]
-    conn.execute("SET threads = 1")
-    try:
-        yield
-    finally:
-        conn.execute(f"SET threads = {int(threads)}")
 
 
 @contextmanager
