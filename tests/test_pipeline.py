@@ -161,8 +161,9 @@ def test_materialize_the_asset_graph_with_dagster_materialize(tmp_path, emulator
                             "core/entitlement_explanations", "published_directory"}
     fetched = {m.asset_key.to_user_string(): m.metadata for m in result.asset_materializations_for_node("google_directory")}
     assert fetched["raw/google_users"]["dagster/row_count"].value == 600
-    assert fetched["raw/google_users"]["api_requests.users.list"].value == 2  # one client, one set of counters
-    assert fetched["raw/google_users"]["api_requests.members.list"].value > 0  # on the output yielded last
+    assert fetched["raw/google_group_members"]["api_requests.users.list"].value == 2  # one client, one set of counters
+    assert fetched["raw/google_group_members"]["api_requests.members.list"].value > 0  # on the output yielded last
+    assert fetched["raw/google_group_members"]["members_deleted_since_listed"].value == 0
 
 
 def test_definitions_load_and_schedule_fans_out_over_enabled_connections(tmp_path, emulator):

@@ -7,10 +7,11 @@ connection's tables visible in one transaction.
 
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import dagster as dg
 import polars as pl
@@ -62,6 +63,7 @@ SYNC_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=2))
 PREVIEW_ROWS = 5
 BREAKER_CHECK = "mass_removal_breaker"
 FETCH_STEP = "google_directory"  # the one step that calls Google: users, groups and members
+T = TypeVar("T")
 
 
 class PublishConfig(dg.Config):
@@ -119,31 +121,37 @@ class GroupsRead:
 
 
 @contextmanager
-def users_listed_alongside(client: DirectoryClient, connection: ConnectionConfig) -> Iterator[Future]:
-    """users.list pages one after another (each needs the previous page's token), so it runs in its own
-    thread alongside groups.list and members.list: one client, one rate limiter, one set of counters.
-    With ``max_concurrency: 1`` it runs first instead: one request at a time, strictly sequential.
-    When the block fails or is interrupted (SIGTERM, SIGINT, a run terminated in the UI), the client is
+def fetched_alongside(client: DirectoryClient, name: str, fetch: Callable[[], T]) -> Iterator[Future[T]]:
+    """``fetch`` in a thread of its own, so that the step stages and checks what another listing has already
+    read. When the block fails or is interrupted (SIGTERM, SIGINT, a run terminated in the UI), the client is
     stopped, so the listing ends at its next page instead of paging on while the step waits for it."""
-    with ThreadPoolExecutor(1, thread_name_prefix="users") as background:
+    with ThreadPoolExecutor(1, thread_name_prefix=name) as background:
         try:
-            listing = background.submit(client.fetch_users)
-            if connection.max_concurrency == 1:
-                listing.result()  # every user page before the first group page
-            yield listing
+            yield background.submit(fetch)
         except BaseException:
             client.stop()
             raise
 
 
-def read_groups(
-    context: dg.AssetExecutionContext, client: DirectoryClient, connection: ConnectionConfig, users_listing: Future
-) -> GroupsRead:
+@contextmanager
+def directory_read_alongside(
+    context: dg.AssetExecutionContext, client: DirectoryClient, connection: ConnectionConfig
+) -> Iterator[tuple[Future[pl.DataFrame], Future[GroupsRead]]]:
+    """users.list, and groups.list with members.list, each in its own thread: one client, one rate limiter,
+    one set of counters. users.list pages one after another (each needs the previous page's token), so it
+    runs alongside the rest; with ``max_concurrency: 1`` it runs first instead: one request at a time."""
+    with fetched_alongside(client, "users", client.fetch_users) as users_listing:
+        if connection.max_concurrency == 1:
+            users_listing.result()  # every user page before the first group page
+        with fetched_alongside(client, "groups", lambda: read_groups(context, client, connection)) as groups_read:
+            yield users_listing, groups_read
+
+
+def read_groups(context: dg.AssetExecutionContext, client: DirectoryClient, connection: ConnectionConfig) -> GroupsRead:
     """groups.list and, page by page, members.list of the selected groups and every group nested in them,
     proven complete."""
-    progress = _stop_when_failed(users_listing, FetchProgress(context.log.info, client.stats))
     listed, fetched = client.fetch_groups_and_members(lambda page: selected_group_ids(connection, page)[0],
-                                                      on_progress=progress)
+                                                      on_progress=FetchProgress(context.log.info, client.stats))
     groups = _with_sync_columns(listed, connection.id)
     selected, unknown = selected_group_ids(connection, groups)
     if unknown:
@@ -157,20 +165,6 @@ def read_groups(
         "groups_deleted_during_sync": ", ".join(fetched.missing_group_ids) or "none",
         "member_counts_verified": len(fetched.fetched_group_ids), "member_counts_recounted": recounted,
     })
-
-
-def _stop_when_failed(listing: Future, progress: Callable[[int, int], None]) -> Callable[[int, int], None]:
-    """``progress``, which first re-raises the error of ``listing`` once it has failed.
-
-    fetch_members calls it after every group, so a users.list that fails (say, a missing user scope)
-    stops the members fetch within a group instead of after all of them: its error is the one to report.
-    """
-    def on_progress(done: int, total: int) -> None:
-        if listing.done() and listing.exception() is not None:
-            raise listing.exception()
-        progress(done, total)
-
-    return on_progress
 
 
 def repair_parquet_manifest(context: dg.AssetExecutionContext, store: Warehouse, connection_id: str) -> None:
@@ -235,24 +229,28 @@ def google_directory(
     with recorded_outcome(connections.registry, connection.id):
         repair_parquet_manifest(context, warehouse.of(connection.id), connection.id)
         started = datetime.now(UTC).timestamp()
-        with google.client(connection) as client, users_listed_alongside(client, connection) as users_listing, \
+        with google.client(connection) as client, \
+                directory_read_alongside(context, client, connection) as (users_listing, groups_read), \
                 contract_checks_warming() as checks_warmed:
-            read = read_groups(context, client, connection, users_listing)
             checks_warmed.result()
-            # Staged and checked while users.list may still be paging: the users chain is the longest.
-            yield table_output(GOOGLE_GROUPS, read.groups, output_name=GOOGLE_GROUPS.name)
-            yield table_output(GOOGLE_GROUP_MEMBERS, read.edges, output_name=GOOGLE_GROUP_MEMBERS.name, **read.metadata)
-            for table, frame in ((GOOGLE_GROUPS, read.groups), (GOOGLE_GROUP_MEMBERS, read.edges)):
-                yield from stage_check_results(table, frame, {GOOGLE_GROUPS: read.groups})
-            users = _with_sync_columns(users_listing.result(), connection.id)
+            # Each listing is staged and checked as soon as it is read, while the other may still be paging.
+            for listing in as_completed([users_listing, groups_read]):
+                if listing is users_listing:
+                    users = _with_sync_columns(users_listing.result(), connection.id)
+                    yield table_output(GOOGLE_USERS, users, output_name=GOOGLE_USERS.name,
+                                       suspended_users=users["suspended"].sum(), archived_users=users["archived"].sum())
+                    yield from stage_check_results(GOOGLE_USERS, users, {})
+                else:
+                    read = groups_read.result()
+                    yield table_output(GOOGLE_GROUPS, read.groups, output_name=GOOGLE_GROUPS.name)
+                    yield from stage_check_results(GOOGLE_GROUPS, read.groups, {})
             unlisted_deleted = client.verify_users_listed(users, read.edges)
         context.log.info(f"{connection.id}: listed {users.height} users, {read.groups.height} groups, "
                          f"{read.edges.height} member edges")
-        yield table_output(GOOGLE_USERS, users, output_name=GOOGLE_USERS.name,  # the last output: every call is counted
-                           suspended_users=users["suspended"].sum(), archived_users=users["archived"].sum(),
-                           members_deleted_since_listed=unlisted_deleted,
+        yield table_output(GOOGLE_GROUP_MEMBERS, read.edges, output_name=GOOGLE_GROUP_MEMBERS.name,  # the last output:
+                           **read.metadata, members_deleted_since_listed=unlisted_deleted,  # every call is counted
                            **_api_metadata(client, started))
-        yield from stage_check_results(GOOGLE_USERS, users, {})
+        yield from stage_check_results(GOOGLE_GROUP_MEMBERS, read.edges, {GOOGLE_GROUPS: read.groups})
 
 
 @dg.asset(key=FILTERED_MEMBERSHIPS.asset_key, description=FILTERED_MEMBERSHIPS.description, kinds={"polars", "duckdb"},
