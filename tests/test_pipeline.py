@@ -119,6 +119,20 @@ def test_a_failed_users_listing_stops_the_members_fetch_and_is_the_error_reporte
     assert not (tmp_path).exists() or published(tmp_path, "raw.google_users") == []
 
 
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_refused_groups_listing_is_the_error_reported_not_the_users_listing_it_stopped(tmp_path, attempt):
+    """groups.list refused: its error stops the client, so users.list (still paging) ends with FetchStoppedError;
+    whichever the step looks at first, the refusal is what the operator reads, and the status it sets."""
+    directory = generate_directory(users=3000, groups=20, seed=5, domain="acme.test")  # users.list: 6 pages
+    with DirectoryEmulator(directory, faults=FaultPlan(latency_ms=10)) as emulator:
+        emulator.faults.scripted.append(ScriptedFault("groups.list", 403, "forbidden", "Not Authorized to access this resource/api"))
+        result = run_sync(write_config(tmp_path, [connection(emulator, selected_groups="all")]))
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    message = str(failure.cause or failure)
+    assert "groups.list" in message and "fetch was stopped" not in message, message
+
+
 def test_max_concurrency_1_reads_strictly_one_request_at_a_time(tmp_path):
     directory = generate_directory(users=300, groups=450, seed=5, domain="acme.test")  # groups.list: 3 pages
     with DirectoryEmulator(directory) as emulator:

@@ -29,6 +29,7 @@ from dirsync_pipeline.defs.progress import FetchProgress
 from dirsync_pipeline.defs.resources import ConnectionsResource, GoogleDirectoryResource, WarehouseResource
 from dirsync_pipeline.defs.run_report import sync_report_metadata
 from dirsync_pipeline.google.client import DirectoryClient
+from dirsync_pipeline.google.errors import FetchStoppedError
 from dirsync_pipeline.transforms.directory import (
     filtered_memberships as expand_memberships,
     resolve_group_keys,
@@ -147,6 +148,17 @@ def directory_read_alongside(
             yield users_listing, groups_read
 
 
+def listing_result(listing: Future[T], other: Future) -> T:
+    """``listing``'s result, or the error to report: when the other listing failed, it stopped the client, and
+    this one's FetchStoppedError only says so."""
+    try:
+        return listing.result()
+    except FetchStoppedError:
+        if (cause := other.exception()) is not None and not isinstance(cause, FetchStoppedError):
+            raise cause from None
+        raise
+
+
 def read_groups(context: dg.AssetExecutionContext, client: DirectoryClient, connection: ConnectionConfig) -> GroupsRead:
     """groups.list and, page by page, members.list of the selected groups and every group nested in them,
     proven complete."""
@@ -236,12 +248,12 @@ def google_directory(
             # Each listing is staged and checked as soon as it is read, while the other may still be paging.
             for listing in as_completed([users_listing, groups_read]):
                 if listing is users_listing:
-                    users = _with_sync_columns(users_listing.result(), connection.id)
+                    users = _with_sync_columns(listing_result(users_listing, groups_read), connection.id)
                     yield table_output(GOOGLE_USERS, users, output_name=GOOGLE_USERS.name,
                                        suspended_users=users["suspended"].sum(), archived_users=users["archived"].sum())
                     yield from stage_check_results(GOOGLE_USERS, users, {})
                 else:
-                    read = groups_read.result()
+                    read = listing_result(groups_read, users_listing)
                     yield table_output(GOOGLE_GROUPS, read.groups, output_name=GOOGLE_GROUPS.name)
                     yield from stage_check_results(GOOGLE_GROUPS, read.groups, {})
             unlisted_deleted = client.verify_users_listed(users, read.edges)
