@@ -299,7 +299,7 @@ class DirectoryClient:
                     seen.add(group_id)
                     waiting.append(self._first_members_page(group_id))
 
-        with ThreadPoolExecutor(1, thread_name_prefix="groups") as lister, \
+        with ThreadPoolExecutor(1, thread_name_prefix="group-pages") as lister, \
                 ThreadPoolExecutor(self._max_concurrency, thread_name_prefix="members") as pool:
             next_batch: Future | None = lister.submit(next, group_id_batches, None)
             in_flight: set[Future] = set()

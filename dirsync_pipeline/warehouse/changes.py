@@ -30,9 +30,9 @@ from dirsync_pipeline.warehouse.tables import (
 USER_ATTRIBUTES = ("primary_email", "given_name", "family_name", "full_name", "is_admin", "org_unit_path", "aliases")
 GROUP_ATTRIBUTES = ("email", "name", "description", "admin_created")
 # The account status, one value of three, so suspended -> archived is a single user.archived event.
+STATUS_EVENTS = {"active": "user.reactivated", "suspended": "user.suspended", "archived": "user.archived"}
 # What an event holds besides the sync's columns; each family of events fills its own.
 EVENT_COLUMNS = ("event", "user_id", "user_email", "group_id", "group_email", "role", "before", "after")
-STATUS_EVENTS = {"active": "user.reactivated", "suspended": "user.suspended", "archived": "user.archived"}
 
 
 @dataclass(frozen=True)
