@@ -97,6 +97,22 @@ def test_a_failed_write_inside_the_transaction_publishes_nothing_and_says_so(syn
     assert published_state(db) == before
 
 
+def test_a_stage_that_could_not_be_written_fails_the_run_and_publishes_nothing(synced_once, monkeypatch):
+    """Stages are written by the run's writer thread while the run goes on (stage_writes.py): a failed write
+    still stops the run before anything is published, and the message names the stage."""
+    config, first_sync, db = synced_once
+    before = published_state(db)
+    fault = {"pattern": r"INSERT INTO staging\.core__filtered_memberships"}
+    monkeypatch.setattr(duckdb, "connect", lambda *a, **k: FailingConnection(REAL_CONNECT(*a, **k), fault))
+    result = sync(config)
+    monkeypatch.undo()
+    assert fault.get("fired") and not result.success and not partly_published(result)
+    assert ("writing the stage staging.core__filtered_memberships to staging.duckdb failed (IOException: Could not "
+            "write file \"dirsync.duckdb.wal\": No space left on device); nothing was published") in message(result)
+    assert not result.is_node_success("published_directory")
+    assert published_state(db) == before
+
+
 def test_a_set_that_cannot_be_renamed_into_place_publishes_nothing(synced_once, monkeypatch):
     config, first_sync, db = synced_once
     before = published_state(db)

@@ -23,7 +23,7 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -33,6 +33,7 @@ from dirsync_pipeline.config import default_parquet_dir
 from dirsync_pipeline.warehouse.changes import DirectoryState
 from dirsync_pipeline.warehouse.outputs import WAREHOUSE_COPY, connection_dir, current_manifest, published_version
 from dirsync_pipeline.warehouse.publication import Publication, manifest_not_replaced, nothing_published
+from dirsync_pipeline.warehouse.stage_writes import StageWrites
 from dirsync_pipeline.warehouse.threads import one_thread_below
 from dirsync_pipeline.warehouse.tables import (
     DIRECTORY_CHANGES,
@@ -62,6 +63,7 @@ class _Held:
     conn: duckdb.DuckDBPyConnection
     lock: SyncLock
     holders: int = 0
+    stage_writes: StageWrites = field(default_factory=StageWrites)
 
 
 _held: dict[Path, _Held] = {}  # warehouse file -> the connection a run holds (Warehouse.hold)
@@ -90,9 +92,11 @@ class Warehouse:
 
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The connection a run holds (see ``hold``), else a short-lived one: DuckDB allows one writer process."""
+        """The connection a run holds (see ``hold``), once the run's stage writes are done; else a short-lived
+        one: DuckDB allows one writer process."""
         held = _held.get(self.path.resolve())
         if held is not None:
+            held.stage_writes.settle()
             yield held.conn
             return
         conn = self._open(read_only=read_only)
@@ -127,8 +131,11 @@ class Warehouse:
             held.holders -= 1
             if held.holders == 0:
                 del _held[key]
-                held.conn.close()
-                held.lock.release()
+                try:
+                    held.stage_writes.close()
+                finally:
+                    held.conn.close()
+                    held.lock.release()
 
     def _open(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
         if not read_only:
@@ -155,9 +162,25 @@ class Warehouse:
             conn.execute(table.ddl())
 
     def stage(self, table: Table, connection_id: str, frame: pl.DataFrame) -> None:
-        """Replace the connection's staged rows of ``table`` (atomically; other connections untouched)."""
-        with self.connect() as conn, one_thread_below(conn, ONE_THREAD_STAGE_ROWS, rows=frame.height):
-            _replace_rows(conn, staging_name(table), connection_id, frame.select(table.column_names))
+        """Replace the connection's staged rows of ``table`` (atomically; other connections untouched).
+
+        In a run (``hold``), the write is the run's writer thread's (stage_writes.py), on a cursor of its own.
+        """
+        frame = frame.select(table.column_names)
+        held = _held.get(self.path.resolve())
+        if held is None:
+            with self.connect() as conn:
+                _stage_rows(conn, staging_name(table), connection_id, frame)
+            return
+        cursor = held.conn.cursor()  # its own transaction; the held connection is the writer's
+
+        def write() -> None:
+            try:
+                _stage_rows(cursor, staging_name(table), connection_id, frame)
+            finally:
+                cursor.close()
+
+        held.stage_writes.submit(staging_name(table), write)
 
     def read_staged(self, table: Table, connection_id: str) -> pl.DataFrame:
         return self._read(staging_name(table), table, connection_id)
@@ -319,10 +342,10 @@ def _transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-def _replace_rows(conn: duckdb.DuckDBPyConnection, qualified_name: str, connection_id: str, frame: pl.DataFrame) -> None:
+def _stage_rows(conn: duckdb.DuckDBPyConnection, qualified_name: str, connection_id: str, frame: pl.DataFrame) -> None:
     conn.register("incoming_rows", frame)
     try:
-        with _transaction(conn):
+        with one_thread_below(conn, ONE_THREAD_STAGE_ROWS, rows=frame.height), _transaction(conn):
             conn.execute(f"DELETE FROM {qualified_name} WHERE connection_id = ?", [connection_id])
             conn.execute(f"INSERT INTO {qualified_name} BY NAME SELECT * FROM incoming_rows")
     finally:
