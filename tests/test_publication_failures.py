@@ -100,7 +100,7 @@ def test_a_failed_write_inside_the_transaction_publishes_nothing_and_says_so(syn
 def test_a_stage_that_could_not_be_written_fails_the_run_and_publishes_nothing(synced_once, monkeypatch):
     """Stages are written by the run's writer thread while the run goes on (stage_writes.py): a failed write
     still stops the run before anything is published, and the message names the stage."""
-    config, first_sync, db = synced_once
+    config, _first_sync, db = synced_once
     before = published_state(db)
     fault = {"pattern": r"INSERT INTO staging\.core__filtered_memberships"}
     monkeypatch.setattr(duckdb, "connect", lambda *a, **k: FailingConnection(REAL_CONNECT(*a, **k), fault))
