@@ -75,7 +75,7 @@ def test_a_publish_whose_written_rows_break_the_contract_is_rolled_back(tmp_path
               "core.role_mapped_entitlements": entitlements(("u1", "member", []))}
     for table in SYNC_TABLES:
         frame = staged.get(table.qualified_name, pl.DataFrame(schema={c.name: c.dtype for c in table.columns}))
-        store.stage(table, "c1", frame)
+        store.stage(table, frame)
     with pytest.raises(PublishFailedError, match=r"core.directory_changes: rows written by sync s1 break the contract: "
                                                  r"user_email: str_contains\('@'\) \(1 rows\)\): nothing was published"):
         store.publish("c1", "s1")
@@ -96,8 +96,8 @@ def test_a_small_publish_leaves_the_runs_connection_with_its_own_thread_count(tm
         staged = {"raw.google_users": users({"user_id": "u1", "primary_email": email}), "raw.google_groups": groups("g1"),
                   "core.filtered_memberships": memberships(("u1", "g1"))}
         for table in SYNC_TABLES:
-            store.stage(table, "c1", staged.get(table.qualified_name,
-                                                pl.DataFrame(schema={c.name: c.dtype for c in table.columns})))
+            store.stage(table, staged.get(table.qualified_name,
+                                          pl.DataFrame(schema={c.name: c.dtype for c in table.columns})))
         with store.connect() as conn:
             conn.execute("SET threads = 3")
             try:

@@ -97,7 +97,7 @@ def test_a_failing_check_leaves_the_published_tables_unchanged(tmp_path, emulato
     assert failed == [("raw/google_group_members", "matches_contract")]
     assert snapshot(db) == before
     with Warehouse(db, "acme").connect() as conn:
-        staged_bad = conn.execute("SELECT count(*) FROM staging.raw__google_group_members WHERE role = 'SUPERVISOR'").fetchall()
+        staged_bad = conn.execute("SELECT count(*) FROM raw.google_group_members__staged WHERE role = 'SUPERVISOR'").fetchall()
     assert staged_bad == [(1,)], "the bad stage was written aside, not published"
     # the publish gate, for stages a run did not check itself (replayed ones), refuses the same stage
     store = Warehouse(db, "acme")
@@ -201,7 +201,8 @@ def test_definitions_load_and_schedule_fans_out_over_enabled_connections(tmp_pat
 
 
 def test_steps_load_the_frames_this_run_staged_exactly_as_staging_holds_them(tmp_path, emulator, monkeypatch):
-    """A stage is handed to the run's later steps from memory: the same frame a read of staging returns."""
+    """A stage is handed to the run's later steps from memory: the same frame a read of the stage returns (after
+    the run, the publish has renamed each stage into place)."""
     job = build_definitions(str(write_config(tmp_path, [connection(emulator)]))).resolve_job_def("directory_sync")
     expected_loads = {GOOGLE_USERS: 1, GOOGLE_GROUPS: 3, GOOGLE_GROUP_MEMBERS: 2}
     assert {t: loads_in_run(job, t.asset_key) for t in expected_loads} == expected_loads
@@ -220,4 +221,4 @@ def test_steps_load_the_frames_this_run_staged_exactly_as_staging_holds_them(tmp
     assert len(loaded) == 9 and staged_reads == []
     store = Warehouse(tmp_path, "acme")
     for table, frame in loaded:
-        assert frame.equals(read_staged(store, table, "acme")), table.name
+        assert frame.equals(store.read_published(table, "acme")), table.name

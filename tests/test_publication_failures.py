@@ -54,7 +54,7 @@ DUCKDB_STEPS = {  # the write steps inside the publish transaction, in order
     "staged Parquet files": {"pattern": r"^COPY .*\.partial/users\.parquet"},
     "change events": {"pattern": r"INSERT INTO core\.directory_changes"},
     "history": {"pattern": r"INSERT INTO core\.entitlements_history"},
-    "published tables": {"pattern": r"INSERT INTO core\.role_mapped_entitlements"},
+    "published tables": {"pattern": r"ALTER TABLE core\.role_mapped_entitlements__staged RENAME"},
     "sync log": {"pattern": r"INSERT INTO core\.sync_log"},
     "changes Parquet file": {"pattern": r"^COPY .*\.partial/changes\.parquet"},
     "COMMIT": {"pattern": r"^COMMIT$", "armed_by": r"INSERT INTO core\.sync_log"},
@@ -102,12 +102,12 @@ def test_a_stage_that_could_not_be_written_fails_the_run_and_publishes_nothing(s
     still stops the run before anything is published, and the message names the stage."""
     config, _first_sync, db = synced_once
     before = published_state(db)
-    fault = {"pattern": r"INSERT INTO staging\.core__filtered_memberships"}
+    fault = {"pattern": r"INSERT INTO core\.filtered_memberships__staged"}
     monkeypatch.setattr(duckdb, "connect", lambda *a, **k: FailingConnection(REAL_CONNECT(*a, **k), fault))
     result = sync(config)
     monkeypatch.undo()
     assert fault.get("fired") and not result.success and not partly_published(result)
-    assert ("writing the stage staging.core__filtered_memberships to staging.duckdb failed (IOException: Could not "
+    assert ("writing the stage core.filtered_memberships__staged failed (IOException: Could not "
             "write file \"dirsync.duckdb.wal\": No space left on device); nothing was published") in message(result)
     assert not result.is_node_success("published_directory")
     assert published_state(db) == before

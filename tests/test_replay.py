@@ -126,7 +126,7 @@ def test_a_failed_sync_records_nothing_and_downstream_only_runs_replay_the_snaps
     assert (outputs / "manifest.json").read_text() == manifest and sorted(outputs.iterdir()) == sets, \
         "no new Parquet set, and the manifest still names the last published one"
     with Warehouse(db, "acme").connect() as conn:
-        assert conn.execute("SELECT count(*) FROM staging.raw__google_users WHERE primary_email LIKE 'late.joiner%'"
+        assert conn.execute("SELECT count(*) FROM raw.google_users__staged WHERE primary_email LIKE 'late.joiner%'"
                             ).fetchall() == [(1,)], "the failed run left its stages behind"
 
     changed = write_config(tmp_path, [{**settings, "default_role": "staff"}])

@@ -44,7 +44,7 @@ from dirsync_pipeline.warehouse.replay import (
 )
 from dirsync_pipeline.warehouse.retention import Retention, prune_connection
 from dirsync_pipeline.warehouse.safeguards import breaker_message, staged_removals
-from dirsync_pipeline.warehouse.store import Warehouse
+from dirsync_pipeline.warehouse.store import Warehouse, staging_name
 from dirsync_pipeline.warehouse.tables import (
     DIRECTORY_CHANGES,
     ENTITLEMENT_EXPLANATIONS,
@@ -95,7 +95,7 @@ def table_output(
         metadata={
             "dagster/row_count": frame.height,
             "dagster/column_schema": table.dagster_column_schema(),
-            "dagster/table_name": f"staging.{table.schema}__{table.name}",
+            "dagster/table_name": staging_name(table),
             "preview": dg.MetadataValue.md(preview),
             **metadata,
         },

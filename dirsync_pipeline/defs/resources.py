@@ -204,7 +204,7 @@ class StagingIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         table = TABLES_BY_ASSET_KEY[context.asset_key]
-        self.of(context.partition_key).stage(table, context.partition_key, obj)
+        self.of(context.partition_key).stage(table, obj)
         if loads := loads_in_run(context.step_context.job_def, context.asset_key):
             self._kept[(context.run_id, context.asset_key, context.partition_key)] = _Kept(table.typed(obj), loads)
 

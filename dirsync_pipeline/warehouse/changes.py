@@ -2,7 +2,7 @@
 
 Everything is keyed on Google's immutable ids, so a renamed user is one ``user.updated`` event, never a
 deletion plus a creation. The publish transaction calls ``insert_directory_changes`` with the published
-tables and the staged ones about to replace them, before the copy: the diff runs as SQL (joins and anti
+tables and the staged ones about to replace them, before they do: the diff runs as SQL (joins and anti
 joins that DuckDB can spill to disk), so no state is ever materialised in Python.
 """
 

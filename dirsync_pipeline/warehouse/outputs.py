@@ -90,7 +90,7 @@ def version_alongside(
 
     The synced tables' files are written from their staged rows (``staged`` names each table's staging
     relation) on a second connection, in a thread: those rows are committed, and they are exactly what the
-    transaction copies, since the run holding the warehouse is its only writer. The block calls what this
+    transaction puts in place, since the run holding the warehouse is its only writer. The block calls what this
     yields once the transaction has appended its change events: that writes them (they exist only inside
     the transaction), waits for the other files and renames the complete set into place.
     """

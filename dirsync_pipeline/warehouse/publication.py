@@ -2,7 +2,7 @@
 
 ``Warehouse.publish`` drives one ``Publication`` inside its transaction: ``record_changes`` appends the
 change events (the published rows against the staged ones) and ``record_history`` advances the SCD2
-history before the copy replaces the published rows, and ``parquet_alongside`` writes the Parquet set of
+history before the stages replace the published tables, and ``parquet_alongside`` writes the Parquet set of
 the result meanwhile, all before the COMMIT. So a publish that fails or is refused records nothing, and a
 published sync always has its events, its history and its snapshot. Everything runs as SQL in DuckDB,
 which spills to disk, so the publish needs no memory in proportion to the directory.
@@ -73,7 +73,8 @@ class Publication:
         self.version: PendingVersion | None = None
 
     def record_changes(self, staged: DirectoryState) -> int:
-        """Before the copy: append the events from the published rows to ``staged``; returns their count.
+        """Before the stages replace the published tables: append the events from the published rows to ``staged``;
+        returns their count.
 
         A connection without a published sync gets its first, ``initial`` events.
         """
@@ -87,7 +88,7 @@ class Publication:
         return events
 
     def record_history(self, staged: DirectoryState) -> None:
-        """Before the copy: advance the history from the published rows to ``staged``."""
+        """Before the stages replace the published tables: advance the history from their rows to ``staged``."""
         for spec, rows in ((ENTITLEMENTS, staged.entitlements), (MEMBERSHIPS, staged.memberships)):
             advance_history(self.conn, spec, rows, connection_id=self.connection_id, sync_id=self.sync_id,
                             at=self.published_at)

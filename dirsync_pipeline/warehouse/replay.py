@@ -39,7 +39,7 @@ def last_published_sync(warehouse: Warehouse, connection_id: str) -> str:
 def restore_stage(warehouse: Warehouse, table: Table, connection_id: str) -> pl.DataFrame:
     """Stage ``table`` as the connection's last published sync left it, and return it."""
     frame = read_snapshot(warehouse.parquet_dir, connection_id, last_published_sync(warehouse, connection_id), table)
-    warehouse.stage(table, connection_id, frame)
+    warehouse.stage(table, frame)
     return frame
 
 

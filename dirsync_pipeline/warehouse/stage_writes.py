@@ -1,9 +1,9 @@
 """A run's stage writes, on a thread of their own: the step that staged goes on while DuckDB writes.
 
-Writing a stage to ``staging.duckdb`` takes DuckDB ~0.1 s at 20,000 users (its commit checkpoints the
-file), and nothing in the run reads it back until the publish: the steps that load a stage get the frame
-itself (StagingIOManager). So a run hands each write to one writer thread, in order, and goes on with its
-checks and the next steps on the other core. Every other use of the run's DuckDB connection first waits
+Writing a stage takes DuckDB up to ~0.1 s at 20,000 users (its commit may checkpoint the file), and nothing
+in the run reads it back until the publish: the steps that load a stage get the frame itself
+(StagingIOManager). So a run hands each write to one writer thread, in order, and goes on with its checks
+and the next steps on the other core. Every other use of the run's DuckDB connection first waits
 for the writes given so far (``settle``): the publish, a read of a stage, the end of the run. A write that
 failed fails the first of them, so nothing is published from a stage that was not written.
 """
@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 
 class StageWriteError(Exception):
-    """A stage could not be written to staging.duckdb; the run publishes nothing."""
+    """A stage could not be written; the run publishes nothing."""
 
 
 class StageWrites:
@@ -35,7 +35,7 @@ class StageWrites:
         if failed:
             name, error = failed[0]
             raise StageWriteError(
-                f"writing the stage {name} to staging.duckdb failed ({type(error).__name__}: {error}); nothing was "
+                f"writing the stage {name} failed ({type(error).__name__}: {error}); nothing was "
                 "published from this run. Fix the cause (disk space, file permissions) and sync again."
             ) from error
 

@@ -1,18 +1,19 @@
 """One connection's DuckDB warehouse with write-audit-publish: stages are written aside, published in one
 transaction, then handed to readers as an immutable copy.
 
-Every connection (organisation) has its own files under ``<warehouse>/connections/<id>/``, so syncs of
-different organisations never wait for each other's DuckDB lock:
+Every connection (organisation) has its own folder ``<warehouse>/connections/<id>/``, so syncs of different
+organisations never wait for each other's DuckDB lock. Its ``warehouse.duckdb`` holds the ``raw.*`` and
+``core.*`` tables, the history and change events, and each stage of the running sync beside the table it
+will replace (``raw.google_users__staged``...); only the connection's sync writes it (one at a time:
+``sync_lock``).
 
-- ``warehouse.duckdb``: the connection's ``raw.*`` and ``core.*`` tables, its history and change events;
-  written only by the connection's sync (one at a time: ``sync_lock``);
-- ``staging.duckdb``, attached as ``staging``: each stage's rows (``staging.<schema>__<table>``).
-
-Published tables change only when ``publish`` copies every staged table in a single transaction, after all
-checks passed. A failed check, an exception or a killed process leaves them exactly as they were. After the
-COMMIT the checkpointed file is copied into the sync's Parquet set, and the connection's manifest then names
-both at once (outputs.py): readers (warehouse/reader.py) attach that copy, never the live file, so they are
-never refused and never see half a sync.
+Published tables change only when ``publish`` renames every staged table into place in a single
+transaction, after all checks passed: the stages' rows are already in the file, so the publish writes
+only the sync's events and history. A failed check, an exception or a killed process leaves the published
+tables exactly as they were (and the stages there to inspect). After the COMMIT the checkpointed file is
+copied into the sync's Parquet set, and the connection's manifest then names both at once (outputs.py):
+readers (warehouse/reader.py) attach that copy, never the live file, so they are never refused and never see
+half a sync.
 """
 
 from __future__ import annotations
@@ -42,10 +43,9 @@ from dirsync_pipeline.warehouse.tables import (
     SYNC_LOG_COUNTED,
     SYNC_TABLES,
     Table,
-    sql_literal,
 )
 
-STAGING_SCHEMA = "staging"  # the attached staging file's alias
+STAGED_SUFFIX = "__staged"  # a stage is its table's name with this suffix, in the table's schema
 CONNECTIONS_DIR = "connections"
 # A publish of fewer staged rows than this runs on one DuckDB thread. A directory's tables are small for
 # DuckDB: at 20,000 users (240,000 staged rows) on 2 cores its worker threads cost more coordination than they
@@ -71,7 +71,9 @@ _held_lock = threading.Lock()
 
 
 def staging_name(table: Table) -> str:
-    return f"{STAGING_SCHEMA}.{table.schema}__{table.name}"
+    """Where a run stages ``table``: beside it, so that the publish renames the stage into place (DuckDB can
+    rename a table within its schema only)."""
+    return f"{table.qualified_name}{STAGED_SUFFIX}"
 
 
 def connection_files(root: Path, connection_id: str) -> Path:
@@ -87,7 +89,6 @@ class Warehouse:
         self.connection_id = connection_id
         self.folder = connection_files(self.root, connection_id)
         self.path = self.folder / "warehouse.duckdb"
-        self.staging_path = self.folder / "staging.duckdb"
         self.parquet_dir = Path(parquet_dir) if parquet_dir else default_parquet_dir(self.root)
 
     @contextmanager
@@ -144,7 +145,6 @@ class Warehouse:
         try:
             conn.execute("SET TimeZone = 'UTC'")
             if not read_only:
-                conn.execute(f"ATTACH {sql_literal(str(self.staging_path))} AS {STAGING_SCHEMA}")
                 self._ensure_tables(conn)
         except BaseException:
             conn.close()
@@ -161,8 +161,8 @@ class Warehouse:
         for table in (SYNC_LOG, *HISTORY_TABLES):
             conn.execute(table.ddl())
 
-    def stage(self, table: Table, connection_id: str, frame: pl.DataFrame) -> None:
-        """Replace the connection's staged rows of ``table`` (atomically; other connections untouched).
+    def stage(self, table: Table, frame: pl.DataFrame) -> None:
+        """Replace the connection's stage of ``table`` (atomically) with ``frame``.
 
         In a run (``hold``), the write is the run's writer thread's (stage_writes.py), on a cursor of its own.
         """
@@ -170,13 +170,13 @@ class Warehouse:
         held = _held.get(self.path.resolve())
         if held is None:
             with self.connect() as conn:
-                _stage_rows(conn, staging_name(table), connection_id, frame)
+                _stage_rows(conn, staging_name(table), frame)
             return
         cursor = held.conn.cursor()  # its own transaction; the held connection is the writer's
 
         def write() -> None:
             try:
-                _stage_rows(cursor, staging_name(table), connection_id, frame)
+                _stage_rows(cursor, staging_name(table), frame)
             finally:
                 cursor.close()
 
@@ -193,10 +193,10 @@ class Warehouse:
             return table.read(conn, connection_id, source=qualified_name)
 
     def publish(self, connection_id: str, sync_id: str) -> dict[str, int]:
-        """Copy every staged table of the connection to its published table in ONE transaction.
+        """Put every stage of the connection in place of its published table in ONE transaction.
 
         The same transaction first appends the sync's change events and advances the history (from the
-        published rows to the staged ones, before the copy replaces them); the Parquet set is written
+        published rows to the staged ones, before the stages replace them); the Parquet set is written
         before the COMMIT. Right after it the committed file is copied into the set for readers, and the
         set becomes the current one (publication.py).
         """
@@ -273,18 +273,14 @@ class Warehouse:
             events = publication.record_changes(staged)
             with publication.parquet_alongside(staging_name):
                 publication.record_history(staged)
-                for table in SYNC_TABLES:
-                    conn.execute(f"DELETE FROM {table.qualified_name} WHERE connection_id = ?", [connection_id])
-                    conn.execute(
-                        f"INSERT INTO {table.qualified_name} BY NAME "
-                        f"SELECT * FROM {staging_name(table)} WHERE connection_id = ?",
-                        [connection_id],
-                    )
-                    counts[table.name] = _count(conn, table.qualified_name, connection_id)
-                conn.execute(
-                    f"INSERT INTO {SYNC_LOG.qualified_name} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [connection_id, sync_id, publication.published_at, *(counts[t.name] for t in SYNC_LOG_COUNTED)],
-                )
+            for table in SYNC_TABLES:  # the stage replaces the table: its rows are in the file already
+                conn.execute(f"DROP TABLE {table.qualified_name}")
+                conn.execute(f"ALTER TABLE {staging_name(table)} RENAME TO {table.name}")
+                counts[table.name] = _count(conn, table.qualified_name, connection_id)
+            conn.execute(
+                f"INSERT INTO {SYNC_LOG.qualified_name} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [connection_id, sync_id, publication.published_at, *(counts[t.name] for t in SYNC_LOG_COUNTED)],
+            )
         return publication, events
 
 
@@ -342,11 +338,11 @@ def _transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-def _stage_rows(conn: duckdb.DuckDBPyConnection, qualified_name: str, connection_id: str, frame: pl.DataFrame) -> None:
+def _stage_rows(conn: duckdb.DuckDBPyConnection, qualified_name: str, frame: pl.DataFrame) -> None:
     conn.register("incoming_rows", frame)
     try:
         with one_thread_below(conn, ONE_THREAD_STAGE_ROWS, rows=frame.height), _transaction(conn):
-            conn.execute(f"DELETE FROM {qualified_name} WHERE connection_id = ?", [connection_id])
+            conn.execute(f"DELETE FROM {qualified_name}")  # the file is the connection's, and so is the whole stage
             conn.execute(f"INSERT INTO {qualified_name} BY NAME SELECT * FROM incoming_rows")
     finally:
         conn.unregister("incoming_rows")
