@@ -8,8 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 import polars as pl
+import pytest
 
-from dirsync_pipeline.warehouse.changes import DirectoryState, insert_directory_changes
+from dirsync_pipeline.warehouse.changes import (
+    DirectoryState,
+    append_staged_changes,
+    insert_directory_changes,
+    stage_directory_changes,
+)
 from dirsync_pipeline.transforms.explain import describe_rule, explain_entitlements, membership_paths
 from dirsync_pipeline.warehouse.history import ENTITLEMENTS, advance_history
 from dirsync_pipeline.warehouse.tables import (
@@ -266,3 +272,24 @@ def test_events_are_appended_in_the_documented_order_across_every_family():
         return (EVENTS.index(event), *((value is None, value or "") for value in rest))
 
     assert appended == sorted(appended, key=position)
+
+
+@pytest.mark.parametrize("first_sync", [False, True], ids=["later sync", "first sync"])
+def test_events_staged_before_the_publish_are_appended_exactly_as_computed_in_it(first_sync):
+    """A run stages the events as soon as its stages are written (store.py); appended by the publish, they are
+    the rows, in the order, that the publish computing them itself appends."""
+    after = state(users({"user_id": "carol"}, {"user_id": "bob", "suspended": True}), groups("ops", "dev"),
+                  memberships(("carol", "ops"), ("bob", "eng")), entitlements(("carol", "operator", ["ops@corp.com"])))
+    rows = "SELECT * EXCLUDE (changed_at) FROM core.directory_changes ORDER BY rowid"
+    computed = warehouse(DIRECTORY_CHANGES)
+    previous = None if first_sync else registered(computed, "old", BASE)
+    insert_directory_changes(computed, previous, registered(computed, "new", after), connection_id="c1",
+                             sync_id="s2", changed_at=T0)
+    staged = warehouse(DIRECTORY_CHANGES)
+    staged.execute(DIRECTORY_CHANGES.ddl("core.staged_changes"))
+    stage_directory_changes(staged, "core.staged_changes", None if first_sync else registered(staged, "old", BASE),
+                            registered(staged, "new", after), connection_id="c1")
+    count = append_staged_changes(staged, "core.staged_changes", sync_id="s2", changed_at=T0)
+    assert count == len(computed.execute(rows).fetchall()) > 0
+    assert staged.execute(rows).fetchall() == computed.execute(rows).fetchall()
+    assert staged.execute("SELECT DISTINCT changed_at FROM core.directory_changes").fetchall() == [(T0,)]

@@ -1,8 +1,10 @@
-"""Change events: what differs between two states of a connection, computed by DuckDB inside the publish.
+"""Change events: what differs between two states of a connection, computed by DuckDB.
 
 Everything is keyed on Google's immutable ids, so a renamed user is one ``user.updated`` event, never a
-deletion plus a creation. The publish transaction calls ``insert_directory_changes`` with the published
-tables and the staged ones about to replace them, before they do: the diff runs as SQL (joins and anti
+deletion plus a creation. The publish transaction appends the events from the published tables to the
+staged ones about to replace them: ``insert_directory_changes`` computes them there, or, for a sync the run
+diffed as soon as its stages were written (store.py), ``append_staged_changes`` appends what
+``stage_directory_changes`` computed, naming the sync and its time. The diff runs as SQL (joins and anti
 joins that DuckDB can spill to disk), so no state is ever materialised in Python.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import duckdb
 
@@ -21,6 +23,7 @@ from dirsync_pipeline.warehouse.tables import (
     GOOGLE_GROUPS,
     GOOGLE_USERS,
     ROLE_MAPPED_ENTITLEMENTS,
+    SYNC_LOG,
     Table,
 )
 
@@ -54,6 +57,13 @@ class DirectoryState:
 PUBLISHED = DirectoryState.from_names(lambda t: t.qualified_name)
 
 
+def previous_state(conn: duckdb.DuckDBPyConnection, connection_id: str) -> DirectoryState | None:
+    """The state a sync's events start from: the published tables, or None before the connection's first sync."""
+    published = conn.execute(f"SELECT count(*) FROM {SYNC_LOG.qualified_name} WHERE connection_id = ?",
+                             [connection_id]).fetchall()[0][0]
+    return PUBLISHED if published else None
+
+
 def insert_directory_changes(
     conn: duckdb.DuckDBPyConnection, previous: DirectoryState | None, current: DirectoryState, *,
     connection_id: str, sync_id: str, changed_at: datetime,
@@ -65,14 +75,42 @@ def insert_directory_changes(
     the same rows in the same order as one sort of them all, whose memory (a first sync at 300,000 users
     sorts 2.6 million events) is the publish's largest, and is now that of the largest family.
     """
+    return _insert_events(conn, DIRECTORY_CHANGES.qualified_name, previous, current, connection_id=connection_id,
+                          sync_id=sync_id, changed_at=changed_at)
+
+
+def stage_directory_changes(
+    conn: duckdb.DuckDBPyConnection, staged_changes: str, previous: DirectoryState | None, current: DirectoryState,
+    *, connection_id: str,
+) -> None:
+    """``insert_directory_changes`` into ``staged_changes`` (a table like core.directory_changes) instead, whose
+    rows it replaces; ``append_staged_changes`` names their sync and time."""
+    conn.execute(f"DELETE FROM {staged_changes}")
+    _insert_events(conn, staged_changes, previous, current, connection_id=connection_id, sync_id="",
+                   changed_at=datetime.now(UTC))
+
+
+def _insert_events(
+    conn: duckdb.DuckDBPyConnection, target: str, previous: DirectoryState | None, current: DirectoryState, *,
+    connection_id: str, sync_id: str, changed_at: datetime,
+) -> int:
     # Before the first sync the previous side is the current relations filtered to nothing, so the query
     # is the same and every event is a creation flagged `initial`.
     params = {"connection_id": connection_id, "sync_id": sync_id, "changed_at": changed_at,
               "initial": previous is None}
-    return sum(
-        conn.execute(f"INSERT INTO {DIRECTORY_CHANGES.qualified_name} BY NAME {query}", params).fetchall()[0][0]
-        for query in _events_queries(previous or current, current)
-    )
+    return sum(conn.execute(f"INSERT INTO {target} BY NAME {query}", params).fetchall()[0][0]
+               for query in _events_queries(previous or current, current))
+
+
+def append_staged_changes(
+    conn: duckdb.DuckDBPyConnection, staged_changes: str, *, sync_id: str, changed_at: datetime
+) -> int:
+    """Append the staged events to core.directory_changes, in their order, as ``sync_id``'s at ``changed_at``;
+    returns how many."""
+    return conn.execute(
+        f"INSERT INTO {DIRECTORY_CHANGES.qualified_name} BY NAME "
+        f"SELECT * REPLACE ($sync_id AS sync_id, $changed_at AS changed_at) FROM {staged_changes}",
+        {"sync_id": sync_id, "changed_at": changed_at}).fetchall()[0][0]
 
 
 def _events_queries(previous: DirectoryState, current: DirectoryState) -> list[str]:

@@ -17,10 +17,15 @@ from pathlib import Path
 
 import duckdb
 
-from dirsync_pipeline.warehouse.changes import PUBLISHED, DirectoryState, insert_directory_changes
+from dirsync_pipeline.warehouse.changes import (
+    DirectoryState,
+    append_staged_changes,
+    insert_directory_changes,
+    previous_state,
+)
 from dirsync_pipeline.warehouse.history import ENTITLEMENTS, MEMBERSHIPS, advance_history
 from dirsync_pipeline.warehouse.outputs import MANIFEST, PendingVersion, connection_dir, version_alongside
-from dirsync_pipeline.warehouse.tables import DIRECTORY_CHANGES, SYNC_LOG, Table
+from dirsync_pipeline.warehouse.tables import DIRECTORY_CHANGES, Table
 
 
 class PublishFailedError(Exception):
@@ -72,18 +77,17 @@ class Publication:
         self.published_at = datetime.now(UTC)
         self.version: PendingVersion | None = None
 
-    def record_changes(self, staged: DirectoryState) -> int:
-        """Before the stages replace the published tables: append the events from the published rows to ``staged``;
-        returns their count.
-
-        A connection without a published sync gets its first, ``initial`` events.
-        """
-        first_sync = not self.conn.execute(f"SELECT count(*) FROM {SYNC_LOG.qualified_name} WHERE connection_id = ?",
-                                           [self.connection_id]).fetchall()[0][0]
-        events = insert_directory_changes(
-            self.conn, None if first_sync else PUBLISHED, staged, connection_id=self.connection_id,
-            sync_id=self.sync_id, changed_at=self.published_at,
-        )
+    def record_changes(self, staged: DirectoryState, staged_changes: str | None) -> int:
+        """Before the stages replace the published tables: append the events from the published rows to ``staged``
+        (a connection without a published sync gets its first, ``initial`` events), or the events the run staged
+        from them already (``staged_changes``); returns their count."""
+        if staged_changes:
+            events = append_staged_changes(self.conn, staged_changes, sync_id=self.sync_id, changed_at=self.published_at)
+        else:
+            events = insert_directory_changes(
+                self.conn, previous_state(self.conn, self.connection_id), staged, connection_id=self.connection_id,
+                sync_id=self.sync_id, changed_at=self.published_at,
+            )
         self._validate_written(DIRECTORY_CHANGES)
         return events
 

@@ -31,11 +31,11 @@ import duckdb
 import polars as pl
 
 from dirsync_pipeline.config import default_parquet_dir
-from dirsync_pipeline.warehouse.changes import DirectoryState
+from dirsync_pipeline.warehouse.changes import DirectoryState, previous_state, stage_directory_changes
 from dirsync_pipeline.warehouse.outputs import WAREHOUSE_COPY, connection_dir, current_manifest, published_version
 from dirsync_pipeline.warehouse.publication import Publication, manifest_not_replaced, nothing_published
 from dirsync_pipeline.warehouse.stage_writes import StageWrites
-from dirsync_pipeline.warehouse.threads import one_thread_below
+from dirsync_pipeline.warehouse.threads import one_thread, one_thread_below
 from dirsync_pipeline.warehouse.tables import (
     DIRECTORY_CHANGES,
     HISTORY_TABLES,
@@ -46,6 +46,9 @@ from dirsync_pipeline.warehouse.tables import (
 )
 
 STAGED_SUFFIX = "__staged"  # a stage is its table's name with this suffix, in the table's schema
+# The sync's change events until its publish appends them: derived from the stages, so kept in memory (an
+# attached in-memory database, which every connection of the run sees) rather than written to the file twice.
+STAGED_CHANGES = "staged_changes.directory_changes"
 CONNECTIONS_DIR = "connections"
 # A publish of fewer staged rows than this runs on one DuckDB thread. A directory's tables are small for
 # DuckDB: at 20,000 users (240,000 staged rows) on 2 cores its worker threads cost more coordination than they
@@ -64,6 +67,8 @@ class _Held:
     lock: SyncLock
     holders: int = 0
     stage_writes: StageWrites = field(default_factory=StageWrites)
+    staged_rows: dict[str, int] = field(default_factory=dict)  # the stages written in this run (table -> rows)
+    changes_staged_for: str | None = None  # the connection whose change events are staged, from the stages above
 
 
 _held: dict[Path, _Held] = {}  # warehouse file -> the connection a run holds (Warehouse.hold)
@@ -158,13 +163,17 @@ class Warehouse:
         for table in SYNC_TABLES:
             conn.execute(table.ddl())
             conn.execute(table.ddl(staging_name(table)))
+        conn.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGED_CHANGES.split('.')[0]}")
+        conn.execute(DIRECTORY_CHANGES.ddl(STAGED_CHANGES))
         for table in (SYNC_LOG, *HISTORY_TABLES):
             conn.execute(table.ddl())
 
     def stage(self, table: Table, frame: pl.DataFrame) -> None:
         """Replace the connection's stage of ``table`` (atomically) with ``frame``.
 
-        In a run (``hold``), the write is the run's writer thread's (stage_writes.py), on a cursor of its own.
+        In a run (``hold``), the write is the run's writer thread's (stage_writes.py), on a cursor of its own;
+        once the four diffed tables are staged, the writer stages the sync's change events from them too (for
+        a publish of fewer than ONE_THREAD_PUBLISH_ROWS, whose events fit in memory beside the next steps).
         """
         frame = frame.select(table.column_names)
         held = _held.get(self.path.resolve())
@@ -172,15 +181,21 @@ class Warehouse:
             with self.connect() as conn:
                 _stage_rows(conn, staging_name(table), frame)
             return
-        cursor = held.conn.cursor()  # its own transaction; the held connection is the writer's
+        held.stage_writes.submit(staging_name(table), _on_cursor(held.conn, _stage_rows, staging_name(table), frame))
+        held.staged_rows[table.qualified_name] = frame.height
+        if table in DirectoryState.TABLES:
+            diffed = [held.staged_rows.get(t.qualified_name) for t in DirectoryState.TABLES]
+            held.changes_staged_for = None
+            if None not in diffed and sum(diffed) < ONE_THREAD_PUBLISH_ROWS:
+                held.stage_writes.submit(STAGED_CHANGES, _on_cursor(held.conn, self._stage_changes_on_one_thread))
+                held.changes_staged_for = self.connection_id
 
-        def write() -> None:
-            try:
-                _stage_rows(cursor, staging_name(table), frame)
-            finally:
-                cursor.close()
-
-        held.stage_writes.submit(staging_name(table), write)
+    def _stage_changes_on_one_thread(self, cursor: duckdb.DuckDBPyConnection) -> None:
+        """The change events from the published tables to the stages, in memory (STAGED_CHANGES), on the
+        writer's share of the machine: one core, beside the run's next steps."""
+        with one_thread(cursor):
+            stage_directory_changes(cursor, STAGED_CHANGES, previous_state(cursor, self.connection_id),
+                                    DirectoryState.from_names(staging_name), connection_id=self.connection_id)
 
     def read_staged(self, table: Table, connection_id: str) -> pl.DataFrame:
         return self._read(staging_name(table), table, connection_id)
@@ -202,10 +217,12 @@ class Warehouse:
         """
         counts: dict[str, int] = {}
         previous = self.manifest_sync_id(connection_id)
+        held = _held.get(self.path.resolve())
+        changes_staged = held is not None and held.changes_staged_for == connection_id
         with self.connect() as conn, \
                 one_thread_below(conn, ONE_THREAD_PUBLISH_ROWS, rows=_staged_rows(conn, connection_id)):
             try:
-                publication, events = self._publish_transaction(conn, connection_id, sync_id, counts)
+                publication, events = self._publish_transaction(conn, connection_id, sync_id, counts, changes_staged)
             except Exception as exc:  # nothing committed: the transaction rolled back, the manifest never moved
                 raise nothing_published(connection_id, sync_id, previous, exc) from exc
             try:
@@ -264,13 +281,14 @@ class Warehouse:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _publish_transaction(
-        self, conn: duckdb.DuckDBPyConnection, connection_id: str, sync_id: str, counts: dict[str, int]
+        self, conn: duckdb.DuckDBPyConnection, connection_id: str, sync_id: str, counts: dict[str, int],
+        changes_staged: bool,
     ) -> tuple[Publication, int]:
         """The publish's one transaction, committed; ``counts`` receives the published row counts."""
         with _transaction(conn):
             publication = Publication(conn, self.parquet_dir, connection_id, sync_id)
             staged = DirectoryState.from_names(staging_name)
-            events = publication.record_changes(staged)
+            events = publication.record_changes(staged, STAGED_CHANGES if changes_staged else None)
             with publication.parquet_alongside(staging_name):
                 publication.record_history(staged)
             for table in SYNC_TABLES:  # the stage replaces the table: its rows are in the file already
@@ -336,6 +354,20 @@ def _transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _on_cursor(conn: duckdb.DuckDBPyConnection, write: Callable[..., None], *args: object) -> Callable[[], None]:
+    """``write(cursor, *args)`` for the run's writer thread, on a cursor of ``conn`` (a transaction of its own)."""
+    cursor = conn.cursor()
+
+    def on_cursor() -> None:
+        try:
+            write(cursor, *args)
+        finally:
+            cursor.close()
+    return on_cursor
+
+
 
 
 def _stage_rows(conn: duckdb.DuckDBPyConnection, qualified_name: str, frame: pl.DataFrame) -> None:
