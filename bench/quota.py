@@ -35,6 +35,10 @@ PEER_LABEL = f"peer: Airbyte {PEER_PACKAGE.replace('==', ' ')}, as installed"
 DEFAULT_LABEL = "dirsync, default config"
 RAISED_LABEL = f"dirsync, rate_limit_qps: {RAISED_QPS:g}, other settings default"
 TIMEOUTS = {"Q1": 1800.0, "Q2": 900.0, "Q3": 3600.0}
+# Q2's sync lasts ~5 s, mostly on the CPU, on a machine whose speed drifts by ~15% from one quarter hour to the
+# next: Q2 runs dirsync and the peer in turn this many times (each sync a first sync in a fresh process and
+# warehouse) and judges the ratio of their median walls. Every run is listed.
+Q2_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -71,10 +75,10 @@ def _peer(workdir: Path, emulator: EmulatorProcess, timeout_seconds: float) -> S
         "google_group_members": peer.records.get("group_members", 0)}, window.before_first)
 
 
-def _peer_figures(scenario: str, run: SyncRun, truth: Truth) -> Figures:
+def _peer_figures(scenario: str, run: SyncRun, truth: Truth, label: str = PEER_LABEL) -> Figures:
     m = run.measured
     expected = {k: truth.rows[k] for k in ("google_users", "google_groups", "google_group_members")}
-    return Figures(scenario, PEER_LABEL, m.wall_seconds, m.cpu_seconds, m.peak_rss_bytes, run.api_seconds,
+    return Figures(scenario, label, m.wall_seconds, m.cpu_seconds, m.peak_rss_bytes, run.api_seconds,
                    run.total_requests, truth.min_requests, run.rate_limited, m.ok and run.published == expected,
                    run.before_first_request)
 
@@ -86,10 +90,13 @@ def _peer_target(scenario: str, run: SyncRun, truth: Truth, small: bool) -> Targ
                   run.measured.ok and run.published == expected, timing=False, small=small)
 
 
-def _faster_than_peer(scenario: str, sync: SyncRun, peer: SyncRun, times: float, small: bool) -> Target:
+def _faster_than_peer(
+    scenario: str, sync: SyncRun, peer: SyncRun, times: float, small: bool, medians_of: int = 1
+) -> Target:
     wall, peer_wall = sync.measured.wall_seconds, peer.measured.wall_seconds
-    return _judge(scenario, f"≥ {times:g}× faster than the peer, same run", f"{peer_wall / wall:.1f}× ({peer_wall:.1f} s / "
-                  f"{wall:.1f} s)", peer_wall / wall >= times, timing=True, small=small)
+    what = f"≥ {times:g}× faster than the peer, same run" + (f", medians of {medians_of} runs each" if medians_of > 1 else "")
+    return _judge(scenario, what, f"{peer_wall / wall:.1f}× ({peer_wall:.1f} s / {wall:.1f} s)", peer_wall / wall >= times,
+                  timing=True, small=small)
 
 
 def run_q1(sizes: Sizes, workdir: Path) -> Outcome:
@@ -121,19 +128,34 @@ def run_q1(sizes: Sizes, workdir: Path) -> Outcome:
 
 
 def run_q2(sizes: Sizes, workdir: Path) -> Outcome:
-    """`rate_limit_qps` raised, against an emulator without a quota at 20 ms a request, and the peer."""
+    """`rate_limit_qps` raised, against an emulator without a quota at 20 ms a request, and the peer, in turn
+    Q2_ROUNDS times (once at the CI's small size, whose timings are not judged)."""
     users, groups, latency = _sizes(sizes).q2
     truth = directory_truth(generate_directory(users, groups, seed=SEED))
     name = f"Q2 {users:,} users / {groups:,} groups, {latency:g} ms, no quota"
+    rounds = 1 if sizes.small else Q2_ROUNDS
+    outcome, syncs, peers = Outcome([], []), [], []
     with EmulatorProcess(users, groups, seed=SEED, latency_ms=latency, rate_limit_qps=None) as emulator:
-        sync = run_sync(sync_config(workdir / "q2", emulator, rate_limit_qps=RAISED_QPS), emulator,
-                        timeout_seconds=TIMEOUTS["Q2"])
-        peer = _peer(workdir / "q2-peer", emulator, TIMEOUTS["Q2"])
-    targets = _sync_targets("Q2", RAISED_LABEL, sync, truth, sizes.small)
-    targets.append(_peer_target("Q2", peer, truth, sizes.small))
-    if sync.measured.ok and peer.measured.ok:
-        targets.append(_faster_than_peer("Q2", sync, peer, 10, sizes.small))
-    return Outcome([_sync_figures(name, RAISED_LABEL, sync, truth), _peer_figures(name, peer, truth)], targets)
+        for round_ in range(1, rounds + 1):
+            of = f", run {round_} of {rounds}"
+            sync = run_sync(sync_config(workdir / f"q2-{round_}", emulator, rate_limit_qps=RAISED_QPS), emulator,
+                            timeout_seconds=TIMEOUTS["Q2"])
+            peer = _peer(workdir / f"q2-peer-{round_}", emulator, TIMEOUTS["Q2"])
+            outcome.figures += [_sync_figures(name, RAISED_LABEL + of, sync, truth),
+                                _peer_figures(name, peer, truth, PEER_LABEL + of)]
+            outcome.targets += [*_sync_targets("Q2", RAISED_LABEL + of, sync, truth, sizes.small),
+                                _peer_target("Q2", peer, truth, sizes.small)]
+            syncs.append(sync)
+            peers.append(peer)
+    if all(run.measured.ok for run in syncs + peers):
+        outcome.targets.append(_faster_than_peer("Q2", _median(syncs), _median(peers), 10, sizes.small,
+                                                 medians_of=rounds))
+    return outcome
+
+
+def _median(runs: list[SyncRun]) -> SyncRun:
+    """The run of median wall time (of an odd number of runs: one of them, not an average)."""
+    return sorted(runs, key=lambda run: run.measured.wall_seconds)[len(runs) // 2]
 
 
 def run_q3(sizes: Sizes, workdir: Path) -> Outcome:
