@@ -3,9 +3,10 @@
 Writing a stage takes DuckDB up to ~0.1 s at 20,000 users (its commit may checkpoint the file), and nothing
 in the run reads it back until the publish: the steps that load a stage get the frame itself
 (StagingIOManager). So a run hands each write to one writer thread, in order, and goes on with its checks
-and the next steps on the other core. Every other use of the run's DuckDB connection first waits
-for the writes given so far (``settle``): the publish, a read of a stage, the end of the run. A write that
-failed fails the first of them, so nothing is published from a stage that was not written.
+and the next steps on the other core (the same thread diffs a small sync's change events: store.py).
+Every other use of the run's DuckDB connection first waits for the writes given so far (``settle``): the
+publish, a read of a stage, the end of the run. A write that failed fails the first of them, so nothing is
+published from a stage that was not written.
 """
 
 from __future__ import annotations

@@ -171,9 +171,10 @@ class Warehouse:
     def stage(self, table: Table, frame: pl.DataFrame) -> None:
         """Replace the connection's stage of ``table`` (atomically) with ``frame``.
 
-        In a run (``hold``), the write is the run's writer thread's (stage_writes.py), on a cursor of its own;
-        once the four diffed tables are staged, the writer stages the sync's change events from them too (for
-        a publish of fewer than ONE_THREAD_PUBLISH_ROWS, whose events fit in memory beside the next steps).
+        In a run (``hold``), the write is the run's writer thread's (stage_writes.py), on a cursor of its own.
+        Once the four diffed tables are staged, with fewer than ONE_THREAD_PUBLISH_ROWS rows together, the
+        writer diffs the sync's change events from them too, into memory beside the run's next steps; a larger
+        sync's publish diffs them itself, on disk.
         """
         frame = frame.select(table.column_names)
         held = _held.get(self.path.resolve())
