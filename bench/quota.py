@@ -94,9 +94,11 @@ def _faster_than_peer(
     scenario: str, sync: SyncRun, peer: SyncRun, times: float, small: bool, medians_of: int = 1
 ) -> Target:
     wall, peer_wall = sync.measured.wall_seconds, peer.measured.wall_seconds
-    what = f"≥ {times:g}× faster than the peer, same run" + (f", medians of {medians_of} runs each" if medians_of > 1 else "")
-    return _judge(scenario, what, f"{peer_wall / wall:.1f}× ({peer_wall:.1f} s / {wall:.1f} s)", peer_wall / wall >= times,
-                  timing=True, small=small)
+    what = f"≥ {times:g}× faster than the peer, same run"
+    if medians_of > 1:
+        what += f", medians of {medians_of} runs each"
+    return _judge(scenario, what, f"{peer_wall / wall:.1f}× ({peer_wall:.1f} s / {wall:.1f} s)",
+                  peer_wall / wall >= times, timing=True, small=small)
 
 
 def run_q1(sizes: Sizes, workdir: Path) -> Outcome:

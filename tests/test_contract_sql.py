@@ -85,7 +85,6 @@ def test_a_publish_whose_written_rows_break_the_contract_is_rolled_back(tmp_path
     assert not (tmp_path / "parquet" / "connection_id=c1" / "manifest.json").exists()
 
 
-
 @pytest.mark.parametrize("email", ["u1@corp.com", "nobody"], ids=["published", "refused"])
 def test_a_small_publish_leaves_the_runs_connection_with_its_own_thread_count(tmp_path, email):
     """A publish of few rows runs on one DuckDB thread (store.py): the run's connection gets its setting back,

@@ -48,7 +48,8 @@ from dirsync_pipeline.warehouse.tables import (
 STAGED_SUFFIX = "__staged"  # a stage is its table's name with this suffix, in the table's schema
 # The sync's change events until its publish appends them: derived from the stages, so kept in memory (an
 # attached in-memory database, which every connection of the run sees) rather than written to the file twice.
-STAGED_CHANGES = "staged_changes.directory_changes"
+STAGED_CHANGES_DATABASE = "staged_changes"
+STAGED_CHANGES = f"{STAGED_CHANGES_DATABASE}.directory_changes"
 CONNECTIONS_DIR = "connections"
 # A publish of fewer staged rows than this runs on one DuckDB thread. A directory's tables are small for
 # DuckDB: at 20,000 users (240,000 staged rows) on 2 cores its worker threads cost more coordination than they
@@ -68,7 +69,12 @@ class _Held:
     holders: int = 0
     stage_writes: StageWrites = field(default_factory=StageWrites)
     staged_rows: dict[str, int] = field(default_factory=dict)  # the stages written in this run (table -> rows)
-    changes_staged_for: str | None = None  # the connection whose change events are staged, from the stages above
+
+    def diffs_changes(self) -> bool:
+        """Whether the writer diffs the change events (Warehouse.stage): the four diffed tables are staged in this
+        run, with fewer than ONE_THREAD_PUBLISH_ROWS rows together. Each stage of one of them diffs them again."""
+        diffed = [self.staged_rows.get(t.qualified_name) for t in DirectoryState.TABLES]
+        return None not in diffed and sum(diffed) < ONE_THREAD_PUBLISH_ROWS
 
 
 _held: dict[Path, _Held] = {}  # warehouse file -> the connection a run holds (Warehouse.hold)
@@ -100,7 +106,7 @@ class Warehouse:
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """The connection a run holds (see ``hold``), once the run's stage writes are done; else a short-lived
         one: DuckDB allows one writer process."""
-        held = _held.get(self.path.resolve())
+        held = self._run_hold()
         if held is not None:
             held.stage_writes.settle()
             yield held.conn
@@ -143,6 +149,10 @@ class Warehouse:
                     held.conn.close()
                     held.lock.release()
 
+    def _run_hold(self) -> _Held | None:
+        """The run's hold on this file, if a run holds it in this process."""
+        return _held.get(self.path.resolve())
+
     def _open(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
         if not read_only:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -163,7 +173,7 @@ class Warehouse:
         for table in SYNC_TABLES:
             conn.execute(table.ddl())
             conn.execute(table.ddl(staging_name(table)))
-        conn.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGED_CHANGES.split('.')[0]}")
+        conn.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGED_CHANGES_DATABASE}")
         conn.execute(DIRECTORY_CHANGES.ddl(STAGED_CHANGES))
         for table in (SYNC_LOG, *HISTORY_TABLES):
             conn.execute(table.ddl())
@@ -177,19 +187,15 @@ class Warehouse:
         sync's publish diffs them itself, on disk.
         """
         frame = frame.select(table.column_names)
-        held = _held.get(self.path.resolve())
+        held = self._run_hold()
         if held is None:
             with self.connect() as conn:
                 _stage_rows(conn, staging_name(table), frame)
             return
         held.stage_writes.submit(staging_name(table), _on_cursor(held.conn, _stage_rows, staging_name(table), frame))
         held.staged_rows[table.qualified_name] = frame.height
-        if table in DirectoryState.TABLES:
-            diffed = [held.staged_rows.get(t.qualified_name) for t in DirectoryState.TABLES]
-            held.changes_staged_for = None
-            if None not in diffed and sum(diffed) < ONE_THREAD_PUBLISH_ROWS:
-                held.stage_writes.submit(STAGED_CHANGES, _on_cursor(held.conn, self._stage_changes_on_one_thread))
-                held.changes_staged_for = self.connection_id
+        if table in DirectoryState.TABLES and held.diffs_changes():
+            held.stage_writes.submit(STAGED_CHANGES, _on_cursor(held.conn, self._stage_changes_on_one_thread))
 
     def _stage_changes_on_one_thread(self, cursor: duckdb.DuckDBPyConnection) -> None:
         """The change events from the published tables to the stages, in memory (STAGED_CHANGES), on the
@@ -218,8 +224,8 @@ class Warehouse:
         """
         counts: dict[str, int] = {}
         previous = self.manifest_sync_id(connection_id)
-        held = _held.get(self.path.resolve())
-        changes_staged = held is not None and held.changes_staged_for == connection_id
+        held = self._run_hold()
+        changes_staged = held is not None and held.diffs_changes() and connection_id == self.connection_id
         with self.connect() as conn, \
                 one_thread_below(conn, ONE_THREAD_PUBLISH_ROWS, rows=_staged_rows(conn, connection_id)):
             try:
@@ -367,8 +373,6 @@ def _on_cursor(conn: duckdb.DuckDBPyConnection, write: Callable[..., None], *arg
         finally:
             cursor.close()
     return on_cursor
-
-
 
 
 def _stage_rows(conn: duckdb.DuckDBPyConnection, qualified_name: str, frame: pl.DataFrame) -> None:
