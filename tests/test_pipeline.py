@@ -14,7 +14,7 @@ from dirsync_pipeline.defs.checks import publish_gate_failures
 from dirsync_pipeline.defs.resources import StagingIOManager, loads_in_run
 from dirsync_pipeline.emulator import DirectoryEmulator, FaultPlan, Member, ScriptedFault, generate_directory
 from dirsync_pipeline.registry import open_registry
-from dirsync_pipeline.warehouse import reader
+from dirsync_pipeline.warehouse import publication, reader
 from dirsync_pipeline.warehouse.store import Warehouse
 from dirsync_pipeline.warehouse.tables import (
     GOOGLE_GROUP_MEMBERS,
@@ -119,7 +119,6 @@ def test_a_failed_users_listing_stops_the_members_fetch_and_is_the_error_reporte
     assert not (tmp_path).exists() or published(tmp_path, "raw.google_users") == []
 
 
-
 @pytest.mark.parametrize("attempt", range(3))
 def test_a_refused_groups_listing_is_the_error_reported_not_the_users_listing_it_stopped(tmp_path, attempt):
     """groups.list refused: its error stops the client, so users.list (still paging) ends with FetchStoppedError;
@@ -222,3 +221,15 @@ def test_steps_load_the_frames_this_run_staged_exactly_as_staging_holds_them(tmp
     store = Warehouse(tmp_path, "acme")
     for table, frame in loaded:
         assert frame.equals(store.read_published(table, "acme")), table.name
+
+
+def test_a_small_sync_publishes_the_change_events_its_writer_thread_diffed(tmp_path, emulator, monkeypatch):
+    """Below ONE_THREAD_PUBLISH_ROWS the run diffs the events as soon as its stages are written (store.py): the
+    publish only appends them, and never diffs them itself."""
+    def diffed_in_the_publish(*args, **kwargs):
+        raise AssertionError("the publish diffed the change events itself")
+
+    monkeypatch.setattr(publication, "insert_directory_changes", diffed_in_the_publish)
+    assert run_sync(write_config(tmp_path, [connection(emulator)])).success
+    events = published(tmp_path, "core.directory_changes")
+    assert events and published(tmp_path, "core.sync_log")[0][1] == events[0][1]  # the sync's own id on its events
