@@ -247,7 +247,8 @@ def time_reader(connect, repeats: int = 7) -> dict:
 # ---------------------------------------------------------------- option A: one DuckDB file per organisation
 
 class OrgFile:
-    """One organisation's warehouse.duckdb (+ staging.duckdb), its sets and manifest, as store.py lays them."""
+    """One organisation's warehouse.duckdb (+ staging.duckdb), its sets and manifest, as store.py laid them
+    when this comparison was made (it now stages beside the tables, in warehouse.duckdb)."""
 
     def __init__(self, root: Path, org: str):
         self.root, self.org = Path(root), org
