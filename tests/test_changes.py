@@ -12,8 +12,9 @@ import pytest
 
 from dirsync_pipeline.warehouse.changes import (
     DirectoryState,
-    append_staged_changes,
+    append_changes,
     insert_directory_changes,
+    named_staged_changes,
     stage_directory_changes,
 )
 from dirsync_pipeline.transforms.explain import describe_rule, explain_entitlements, membership_paths
@@ -289,7 +290,7 @@ def test_events_staged_before_the_publish_are_appended_exactly_as_computed_in_it
     staged.execute(DIRECTORY_CHANGES.ddl("core.staged_changes"))
     stage_directory_changes(staged, "core.staged_changes", None if first_sync else registered(staged, "old", BASE),
                             registered(staged, "new", after), connection_id="c1")
-    count = append_staged_changes(staged, "core.staged_changes", sync_id="s2", changed_at=T0)
+    count = append_changes(staged, named_staged_changes("core.staged_changes", sync_id="s2", changed_at=T0))
     assert count == len(computed.execute(rows).fetchall()) > 0
     assert staged.execute(rows).fetchall() == computed.execute(rows).fetchall()
     assert staged.execute("SELECT DISTINCT changed_at FROM core.directory_changes").fetchall() == [(T0,)]

@@ -47,12 +47,17 @@ def test_each_published_sync_writes_its_tables_and_changes_with_a_manifest(tmp_p
             assert manifest["published_at"] == published_at[0][0].isoformat()
             for name, table in OUTPUT_FILES.items():
                 condition = f"AND sync_id = '{result.run_id}'" if table is DIRECTORY_CHANGES else ""
-                expected = conn.sql(f"SELECT * FROM {table.qualified_name} WHERE connection_id = ? {condition}",
-                                    params=[connection_id]).pl()
-                written = pl.read_parquet(parquet_dir / f"connection_id={connection_id}" / manifest["files"][name]["path"])
+                expected = table.typed(conn.sql(f"SELECT * FROM {table.qualified_name} WHERE connection_id = ? {condition}",
+                                                params=[connection_id]).pl())
+                written = table.typed(pl.read_parquet(
+                    parquet_dir / f"connection_id={connection_id}" / manifest["files"][name]["path"]))
                 assert manifest["files"][name]["rows"] == written.height == expected.height, name
-                assert sorted(table.typed(written).rows(), key=repr) == sorted(table.typed(expected).rows(), key=repr), name
+                assert sorted(written.rows(), key=repr) == sorted(expected.rows(), key=repr), name
             assert manifest["files"]["changes"]["rows"] > 0, "a first sync reports its whole directory"
+            with duckdb.connect(str(Warehouse(tmp_path, connection_id).path), read_only=True) as warehouse:
+                appended = warehouse.sql(f"SELECT * FROM {DIRECTORY_CHANGES.qualified_name} ORDER BY rowid").pl()
+            written = pl.read_parquet(parquet_dir / f"connection_id={connection_id}" / manifest["files"]["changes"]["path"])
+            assert DIRECTORY_CHANGES.typed(written).equals(DIRECTORY_CHANGES.typed(appended)), "events out of order"
 
     everyone = duckdb.sql(f"SELECT connection_id, count(*) FROM read_parquet({[str(p) for p in current_files(parquet_dir, 'users')]},"
                           " hive_partitioning = true) GROUP BY ALL ORDER BY ALL").fetchall()

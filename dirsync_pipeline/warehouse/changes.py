@@ -3,9 +3,9 @@
 Everything is keyed on Google's immutable ids, so a renamed user is one ``user.updated`` event, never a
 deletion plus a creation. The publish transaction appends the events from the published tables to the
 staged ones about to replace them: ``insert_directory_changes`` computes them there, or, for a sync the run
-diffed as soon as its stages were written (store.py), ``append_staged_changes`` appends what
-``stage_directory_changes`` computed, naming the sync and its time. The diff runs as SQL (joins and anti
-joins that DuckDB can spill to disk), so no state is ever materialised in Python.
+diffed as soon as its stages were written (store.py), ``append_changes`` appends what
+``stage_directory_changes`` computed, named as the sync's (``named_staged_changes``). The diff runs as SQL
+(joins and anti joins that DuckDB can spill to disk), so no state is ever materialised in Python.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from dirsync_pipeline.warehouse.tables import (
     ROLE_MAPPED_ENTITLEMENTS,
     SYNC_LOG,
     Table,
+    sql_literal,
 )
 
 # Attributes whose change is a user.updated / group.updated event. Left out on purpose: last_login_time
@@ -84,7 +85,7 @@ def stage_directory_changes(
     *, connection_id: str,
 ) -> None:
     """``insert_directory_changes`` into ``staged_changes`` (a table like core.directory_changes) instead, whose
-    rows it replaces; ``append_staged_changes`` names their sync and time."""
+    rows it replaces; ``named_staged_changes`` names their sync and time."""
     conn.execute(f"DELETE FROM {staged_changes}")
     _insert_events(conn, staged_changes, previous, current, connection_id=connection_id, sync_id="",
                    changed_at=datetime.now(UTC))
@@ -102,15 +103,17 @@ def _insert_events(
                for query in _events_queries(previous or current, current))
 
 
-def append_staged_changes(
-    conn: duckdb.DuckDBPyConnection, staged_changes: str, *, sync_id: str, changed_at: datetime
-) -> int:
-    """Append the staged events to core.directory_changes, in their order, as ``sync_id``'s at ``changed_at``;
+def named_staged_changes(staged_changes: str, *, sync_id: str, changed_at: datetime) -> str:
+    """The events ``stage_directory_changes`` left in ``staged_changes``, as a relation naming their sync and its
+    time: what the publish appends, and what its Parquet set holds, one query for both."""
+    return (f"(SELECT * REPLACE ({sql_literal(sync_id)} AS sync_id, "
+            f"{sql_literal(changed_at.isoformat())}::TIMESTAMPTZ AS changed_at) FROM {staged_changes})")
+
+
+def append_changes(conn: duckdb.DuckDBPyConnection, events: str) -> int:
+    """Append the relation ``events`` (``named_staged_changes``) to core.directory_changes, in its order;
     returns how many."""
-    return conn.execute(
-        f"INSERT INTO {DIRECTORY_CHANGES.qualified_name} BY NAME "
-        f"SELECT * REPLACE ($sync_id AS sync_id, $changed_at AS changed_at) FROM {staged_changes}",
-        {"sync_id": sync_id, "changed_at": changed_at}).fetchall()[0][0]
+    return conn.execute(f"INSERT INTO {DIRECTORY_CHANGES.qualified_name} BY NAME SELECT * FROM {events}").fetchall()[0][0]
 
 
 def _events_queries(previous: DirectoryState, current: DirectoryState) -> list[str]:

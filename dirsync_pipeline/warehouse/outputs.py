@@ -54,9 +54,10 @@ OUTPUT_FILES: dict[str, Table] = {
     "explanations": ENTITLEMENT_EXPLANATIONS,
     "changes": DIRECTORY_CHANGES,
 }
-# Written from the staged rows alongside the publish transaction / from inside it (version_alongside).
-FROM_STAGING = [name for name, table in OUTPUT_FILES.items() if table is not DIRECTORY_CHANGES]
-FROM_TRANSACTION = [name for name, table in OUTPUT_FILES.items() if table is DIRECTORY_CHANGES]
+# The synced tables' files, written from their stages beside the publish transaction (version_alongside), and
+# the file of the sync's change events, written from the transaction or from the events the run diffed.
+TABLE_FILES = [name for name, table in OUTPUT_FILES.items() if table is not DIRECTORY_CHANGES]
+EVENT_FILES = [name for name, table in OUTPUT_FILES.items() if table is DIRECTORY_CHANGES]
 
 
 class SnapshotMissingError(Exception):
@@ -84,27 +85,35 @@ class PendingVersion:
 
 @contextmanager
 def version_alongside(
-    conn: duckdb.DuckDBPyConnection, parquet_dir: Path, connection_id: str, sync_id: str, staged: Callable[[Table], str]
+    conn: duckdb.DuckDBPyConnection, parquet_dir: Path, connection_id: str, sync_id: str, staged: Callable[[Table], str],
+    events: str | None = None,
 ) -> Iterator[Callable[[datetime], PendingVersion]]:
     """Write a sync's new file set while the block runs the rest of the publish transaction on ``conn``.
 
     The synced tables' files are written from their staged rows (``staged`` names each table's staging
     relation) on a second connection, in a thread: those rows are committed, and they are exactly what the
-    transaction puts in place, since the run holding the warehouse is its only writer. The block calls what this
-    yields once the transaction has appended its change events: that writes them (they exist only inside
-    the transaction), waits for the other files and renames the complete set into place.
+    transaction puts in place, since the run holding the warehouse is its only writer. So is the file of the
+    sync's change events when ``events`` names a committed relation holding them (the events a run diffed
+    beside its steps, store.py). Otherwise they exist only inside the transaction: the block calls what this
+    yields once the transaction has appended them, and it writes them. Either way it waits for the other files
+    and renames the complete set into place.
     """
     writer = _VersionWriter(parquet_dir, connection_id, sync_id)
     side = conn.cursor()
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="parquet") as pool:
-            synced = pool.submit(writer.write, side, FROM_STAGING, staged)
+            if events is None:
+                beside = pool.submit(writer.write, side, TABLE_FILES, staged)
+            else:
+                beside = pool.submit(writer.write, side, TABLE_FILES + EVENT_FILES,
+                                     lambda table: events if table is DIRECTORY_CHANGES else staged(table))
 
             def complete(published_at: datetime) -> PendingVersion:
-                files = synced.result()
-                with one_thread(conn):  # on DuckDB's threads, 2.6 million events took +600 MiB to keep their order
-                    changes = writer.write(conn, FROM_TRANSACTION, lambda table: table.qualified_name)
-                return writer.finish(files | changes, published_at)
+                files = beside.result()
+                if events is None:
+                    with one_thread(conn):  # on DuckDB's threads, 2.6 million events took +600 MiB to keep their order
+                        files |= writer.write(conn, EVENT_FILES, lambda table: table.qualified_name)
+                return writer.finish(files, published_at)
 
             yield complete
     finally:

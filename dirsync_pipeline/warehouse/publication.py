@@ -1,11 +1,11 @@
 """What a publish records besides the tables themselves: change events, history and the Parquet set.
 
-``Warehouse.publish`` drives one ``Publication`` inside its transaction: ``record_changes`` appends the
-change events (the published rows against the staged ones) and ``record_history`` advances the SCD2
-history before the stages replace the published tables, and ``parquet_alongside`` writes the Parquet set of
-the result meanwhile, all before the COMMIT. So a publish that fails or is refused records nothing, and a
-published sync always has its events, its history and its snapshot. Everything runs as SQL in DuckDB,
-which spills to disk, so the publish needs no memory in proportion to the directory.
+``Warehouse.publish`` drives one ``Publication`` inside its transaction: ``record`` appends the change
+events (the published rows against the staged ones) and advances the SCD2 history before the stages
+replace the published tables, and writes the Parquet set of the result meanwhile, all before the COMMIT.
+So a publish that fails or is refused records nothing, and a published sync always has its events, its
+history and its snapshot. Everything runs as SQL in DuckDB, which spills to disk, so the publish needs no
+memory in proportion to the directory.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import duckdb
 
 from dirsync_pipeline.warehouse.changes import (
     DirectoryState,
-    append_staged_changes,
+    append_changes,
     insert_directory_changes,
+    named_staged_changes,
     previous_state,
 )
 from dirsync_pipeline.warehouse.history import ENTITLEMENTS, MEMBERSHIPS, advance_history
@@ -69,20 +70,44 @@ def _cause(error: BaseException) -> str:
 class Publication:
     """One publish of one connection, bound to the open transaction of ``conn``."""
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, parquet_dir: Path, connection_id: str, sync_id: str):
+    def __init__(
+        self, conn: duckdb.DuckDBPyConnection, parquet_dir: Path, connection_id: str, sync_id: str,
+        staged_changes: str | None = None,
+    ):
         self.conn = conn
         self.parquet_dir = parquet_dir
         self.connection_id = connection_id
         self.sync_id = sync_id
         self.published_at = datetime.now(UTC)
         self.version: PendingVersion | None = None
+        # The events the run diffed beside its steps (store.py), in ``staged_changes``, named as this sync's.
+        self.staged_events = (named_staged_changes(staged_changes, sync_id=sync_id, changed_at=self.published_at)
+                              if staged_changes else None)
 
-    def record_changes(self, staged: DirectoryState, staged_changes: str | None) -> int:
-        """Before the stages replace the published tables: append the events from the published rows to ``staged``
-        (a connection without a published sync gets its first, ``initial`` events), or the events the run staged
-        from them already (``staged_changes``); returns their count."""
-        if staged_changes:
-            events = append_staged_changes(self.conn, staged_changes, sync_id=self.sync_id, changed_at=self.published_at)
+    def record(self, staging: Callable[[Table], str]) -> int:
+        """Before the stages (``staging`` names each) replace the published tables: the sync's change events, its
+        history and its Parquet set; returns how many events.
+
+        The set's files are written beside the rest of the transaction (outputs.version_alongside). Events the
+        run diffed already are too, from the start. Otherwise they are diffed here first: that sort is the
+        publish's largest use of memory (at 100,000 users, the sort and the files at once peaked ~70 MiB higher).
+        """
+        staged = DirectoryState.from_names(staging)
+        if self.staged_events is None:
+            events = self._record_changes(staged)
+            with self._parquet_alongside(staging):
+                self._record_history(staged)
+            return events
+        with self._parquet_alongside(staging):
+            events = self._record_changes(staged)
+            self._record_history(staged)
+        return events
+
+    def _record_changes(self, staged: DirectoryState) -> int:
+        """Append the events from the published rows to ``staged`` (a connection without a published sync gets its
+        first, ``initial`` events), or the events the run diffed from them already; returns their count."""
+        if self.staged_events:
+            events = append_changes(self.conn, self.staged_events)
         else:
             events = insert_directory_changes(
                 self.conn, previous_state(self.conn, self.connection_id), staged, connection_id=self.connection_id,
@@ -91,20 +116,18 @@ class Publication:
         self._validate_written(DIRECTORY_CHANGES)
         return events
 
-    def record_history(self, staged: DirectoryState) -> None:
-        """Before the stages replace the published tables: advance the history from their rows to ``staged``."""
+    def _record_history(self, staged: DirectoryState) -> None:
+        """Advance the history from the published rows to ``staged``."""
         for spec, rows in ((ENTITLEMENTS, staged.entitlements), (MEMBERSHIPS, staged.memberships)):
             advance_history(self.conn, spec, rows, connection_id=self.connection_id, sync_id=self.sync_id,
                             at=self.published_at)
             self._validate_written(spec.table)
 
     @contextmanager
-    def parquet_alongside(self, staged: Callable[[Table], str]) -> Iterator[None]:
-        """Around the rest of the transaction: the Parquet set of what it publishes (see outputs.version_alongside),
-        complete before the block ends. The synced tables' files are written meanwhile, from ``staged``: start
-        it after ``record_changes``, whose sort is the publish's largest use of memory (at 100,000 users, the two
-        at once peaked ~70 MiB higher)."""
-        with version_alongside(self.conn, self.parquet_dir, self.connection_id, self.sync_id, staged) as complete:
+    def _parquet_alongside(self, staging: Callable[[Table], str]) -> Iterator[None]:
+        """Around the rest of the transaction: the Parquet set of what it publishes, complete before the block ends."""
+        with version_alongside(self.conn, self.parquet_dir, self.connection_id, self.sync_id, staging,
+                               events=self.staged_events) as complete:
             yield
             self.version = complete(self.published_at)
 

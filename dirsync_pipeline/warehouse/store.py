@@ -293,11 +293,9 @@ class Warehouse:
     ) -> tuple[Publication, int]:
         """The publish's one transaction, committed; ``counts`` receives the published row counts."""
         with _transaction(conn):
-            publication = Publication(conn, self.parquet_dir, connection_id, sync_id)
-            staged = DirectoryState.from_names(staging_name)
-            events = publication.record_changes(staged, STAGED_CHANGES if changes_staged else None)
-            with publication.parquet_alongside(staging_name):
-                publication.record_history(staged)
+            publication = Publication(conn, self.parquet_dir, connection_id, sync_id,
+                                      staged_changes=STAGED_CHANGES if changes_staged else None)
+            events = publication.record(staging_name)
             for table in SYNC_TABLES:  # the stage replaces the table: its rows are in the file already
                 conn.execute(f"DROP TABLE {table.qualified_name}")
                 conn.execute(f"ALTER TABLE {staging_name(table)} RENAME TO {table.name}")
