@@ -191,7 +191,7 @@ def read_groups(context: dg.AssetExecutionContext, client: DirectoryClient, conn
 
 
 def repair_parquet_manifest(context: dg.AssetExecutionContext, store: Warehouse, connection_id: str) -> None:
-    """First thing in a sync: a publish whose manifest could not be replaced left DuckDB ahead of Parquet; name
+    """At the start of a sync: a publish whose manifest could not be replaced left DuckDB ahead of Parquet; name
     DuckDB's last sync in the manifest again, so that both agree whatever this sync then does."""
     if repaired := store.repair_manifest(connection_id):
         context.log.warning(f"{connection_id}: the Parquet manifest named an older sync than DuckDB; it names "
@@ -250,11 +250,11 @@ def google_directory(
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     connection = enabled_connection(connections, context.partition_key)
     with recorded_outcome(connections.registry, connection.id):
-        repair_parquet_manifest(context, warehouse.of(connection.id), connection.id)
         started = datetime.now(UTC).timestamp()
         with google.client(connection) as client, \
                 directory_read_alongside(context, client, connection) as (users_listing, groups_read), \
                 contract_checks_warming() as checks_warmed:
+            repair_parquet_manifest(context, warehouse.of(connection.id), connection.id)  # while Google answers
             checks_warmed.result()
             # Each listing is staged and checked as soon as it is read, while the other may still be paging.
             for listing in completed_in_turn([users_listing, groups_read]):

@@ -64,11 +64,29 @@ ONE_THREAD_STAGE_ROWS = 2 * 122_880
 
 @dataclass
 class _Held:
-    conn: duckdb.DuckDBPyConnection
     lock: SyncLock
+    open_connection: Callable[[], duckdb.DuckDBPyConnection]
     holders: int = 0
     stage_writes: StageWrites = field(default_factory=StageWrites)
     staged_rows: dict[str, int] = field(default_factory=dict)  # the stages written in this run (table -> rows)
+    _conn: duckdb.DuckDBPyConnection | None = None
+    _opening: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def conn(self) -> duckdb.DuckDBPyConnection:
+        """The run's connection, opened at its first use: the fetch step opens it while Google answers."""
+        with self._opening:
+            if self._conn is None:
+                self._conn = self.open_connection()
+            return self._conn
+
+    def close(self) -> None:
+        try:
+            self.stage_writes.close()
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+            self.lock.release()
 
     def diffs_changes(self) -> bool:
         """Whether the writer diffs the change events (Warehouse.stage): the four diffed tables are staged in this
@@ -118,8 +136,8 @@ class Warehouse:
             conn.close()
 
     def hold(self, holder: str = "", on_wait: Callable[[str], None] = print) -> None:
-        """Take the connection's sync lock and keep one DuckDB connection open until the matching ``release``:
-        a run's steps share it, and it is the file's only writer.
+        """Take the connection's sync lock and keep one DuckDB connection, opened at its first use, until the
+        matching ``release``: a run's steps share it, and it is the file's only writer.
 
         Opening and closing the file costs a checkpoint each time (~30 ms); a sync used to do it ~40 times.
         """
@@ -127,11 +145,7 @@ class Warehouse:
         with _held_lock:
             if key not in _held:
                 lock = SyncLock(self.folder / "sync.lock", self.connection_id).acquire(holder, on_wait)
-                try:
-                    _held[key] = _Held(self._open(read_only=False), lock)
-                except BaseException:
-                    lock.release()
-                    raise
+                _held[key] = _Held(lock, lambda: self._open(read_only=False))
             _held[key].holders += 1
 
     def release(self) -> None:
@@ -143,11 +157,7 @@ class Warehouse:
             held.holders -= 1
             if held.holders == 0:
                 del _held[key]
-                try:
-                    held.stage_writes.close()
-                finally:
-                    held.conn.close()
-                    held.lock.release()
+                held.close()
 
     def _run_hold(self) -> _Held | None:
         """The run's hold on this file, if a run holds it in this process."""
