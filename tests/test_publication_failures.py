@@ -50,7 +50,7 @@ class FailingConnection:
         return getattr(self._conn, name)
 
 
-DUCKDB_STEPS = {  # the write steps inside the publish transaction, in order
+DUCKDB_STEPS = {  # the publish transaction's write steps, and the Parquet set's written beside it
     "staged Parquet files": {"pattern": r"^COPY .*\.partial/users\.parquet"},
     "change events": {"pattern": r"INSERT INTO core\.directory_changes"},
     "history": {"pattern": r"INSERT INTO core\.entitlements_history"},

@@ -235,11 +235,12 @@ class Warehouse:
         counts: dict[str, int] = {}
         previous = self.manifest_sync_id(connection_id)
         held = self._run_hold()
-        changes_staged = held is not None and held.diffs_changes() and connection_id == self.connection_id
+        diffed = held is not None and held.diffs_changes() and connection_id == self.connection_id
+        staged_changes = STAGED_CHANGES if diffed else None  # the events the run's writer diffed (stage), if it did
         with self.connect() as conn, \
                 one_thread_below(conn, ONE_THREAD_PUBLISH_ROWS, rows=_staged_rows(conn, connection_id)):
             try:
-                publication, events = self._publish_transaction(conn, connection_id, sync_id, counts, changes_staged)
+                publication, events = self._publish_transaction(conn, connection_id, sync_id, counts, staged_changes)
             except Exception as exc:  # nothing committed: the transaction rolled back, the manifest never moved
                 raise nothing_published(connection_id, sync_id, previous, exc) from exc
             try:
@@ -299,12 +300,11 @@ class Warehouse:
 
     def _publish_transaction(
         self, conn: duckdb.DuckDBPyConnection, connection_id: str, sync_id: str, counts: dict[str, int],
-        changes_staged: bool,
+        staged_changes: str | None,
     ) -> tuple[Publication, int]:
         """The publish's one transaction, committed; ``counts`` receives the published row counts."""
         with _transaction(conn):
-            publication = Publication(conn, self.parquet_dir, connection_id, sync_id,
-                                      staged_changes=STAGED_CHANGES if changes_staged else None)
+            publication = Publication(conn, self.parquet_dir, connection_id, sync_id, staged_changes)
             events = publication.record(staging_name)
             for table in SYNC_TABLES:  # the stage replaces the table: its rows are in the file already
                 conn.execute(f"DROP TABLE {table.qualified_name}")
